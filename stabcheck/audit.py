@@ -1,0 +1,143 @@
+"""Run an audit: config → plan → engine → journal → diagnosis → verdict.
+
+This module wires the stages together and owns the side effects of a run (the results
+directory, the journal, progress). It knows nothing about terminals or output formats.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from stabcheck.config import LoadedConfig, load_config
+from stabcheck.engine import Engine, EngineSettings, SequentialEngine
+from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
+from stabcheck.plan import config_digest, make_cohorts, plan_probes
+from stabcheck.problem import build_problem
+from stabcheck.records import ProbeRecord
+from stabcheck.result import AuditResult, build_result, environment
+
+DEFAULT_RESULTS_ROOT = Path("stabcheck-results")
+
+
+class Progress(Protocol):
+    """Receives progress events; the CLI renders them (rich bar or plain lines)."""
+
+    def start(self, total: int, done: int, steps_per_probe: int) -> None:
+        """The audit begins: ``total`` probes, ``done`` of them already in the journal."""
+
+    def steps(self, n: int) -> None:
+        """``n`` more training steps finished in the running cohort."""
+
+    def probe_done(self, record: ProbeRecord) -> None:
+        """One probe finished and was journaled."""
+
+    def note(self, message: str) -> None:
+        """A one-line note for the user."""
+
+    def stop(self) -> None:
+        """The audit ended (normally or not)."""
+
+
+class _NoProgress:
+    def start(self, total: int, done: int, steps_per_probe: int) -> None: ...
+    def steps(self, n: int) -> None: ...
+    def probe_done(self, record: ProbeRecord) -> None: ...
+    def note(self, message: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class AuditOptions:
+    """How to run an audit (the CLI's flags)."""
+
+    out_dir: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    exit_zero: bool = False
+    fail_on: str | None = None
+    progress: Progress = field(default_factory=_NoProgress)
+    engine: Engine | None = None
+
+
+def default_out_dir(name: str) -> Path:
+    """``stabcheck-results/<name>-<YYYYmmdd-HHMMSS>``: a new directory per run."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "audit"
+    return DEFAULT_RESULTS_ROOT / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tuple[AuditResult,
+                                                                                   Path]:
+    """Run the audit ``loaded`` describes. Returns the result and the results directory.
+
+    A KeyboardInterrupt stops the run; the probes already journaled are kept and the result
+    is marked incomplete (exit 130).
+    """
+    options = options or AuditOptions()
+    cfg = loaded.config
+    started = time.perf_counter()
+    problem = build_problem(loaded)  # imports user code, after the schema validated
+    probes = plan_probes(cfg)
+    digest = config_digest(cfg)
+    out_dir = options.out_dir or default_out_dir(cfg.name)
+    header: dict[str, Any] = {
+        "config_digest": digest, "config": cfg.model_dump(mode="json"),
+        "config_path": str(loaded.path), "planned": len(probes),
+        "environment": environment(str(problem.device)),
+    }
+    if options.resume:
+        journal, contents = Journal.resume(out_dir, digest)
+        done = set(contents.probes)
+    else:
+        journal = Journal.create(out_dir, header, overwrite=options.overwrite)
+        done = set()
+    todo = [p for p in probes if p.key(digest) not in done]
+    keys = {p.index: p.key(digest) for p in probes}
+    engine = options.engine or SequentialEngine()
+    settings = EngineSettings.from_config(cfg.probe)
+    progress = options.progress
+    interrupted = False
+    progress.start(len(probes), len(probes) - len(todo), settings.steps)
+    try:
+        data = problem.data.to(problem.device)
+
+        def on_record(record: ProbeRecord) -> None:
+            journal.append_probe(record)  # durable before anything else happens
+            progress.probe_done(record)
+
+        for cohort in make_cohorts(todo):
+            engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
+    except KeyboardInterrupt:
+        interrupted = True
+        journal.append_event({"event": "interrupted",
+                              "message": "interrupted by the user; the report is INCOMPLETE"})
+    finally:
+        progress.stop()
+    result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
+                    exit_zero=options.exit_zero, fail_on=options.fail_on,
+                    wall_time_s=time.perf_counter() - started)
+    return result, out_dir
+
+
+def finish(out_dir: Path, contents: JournalContents, interrupted: bool = False,
+           exit_zero: bool = False, fail_on: str | None = None,
+           wall_time_s: float | None = None) -> AuditResult:
+    """Build the result from the journal and write ``report.json`` beside it."""
+    from stabcheck.report import render
+
+    timings = {"wall_time_s": round(wall_time_s, 3)} if wall_time_s is not None else {}
+    result = build_result(contents, interrupted=interrupted, exit_zero=exit_zero,
+                          fail_on=fail_on, timings=timings)
+    (out_dir / REPORT_NAME).write_text(render(result, "json"), encoding="utf-8")
+    return result
+
+
+def audit(config: str | Path, out_dir: str | Path | None = None, **options: Any) -> AuditResult:
+    """Library entry point: load ``config``, run the audit, return the result."""
+    loaded = load_config(config)
+    opts = AuditOptions(out_dir=Path(out_dir) if out_dir else None, **options)
+    return run_audit(loaded, opts)[0]

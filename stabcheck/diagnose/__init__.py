@@ -1,0 +1,88 @@
+"""From probe records to findings, probe statuses and the sweep summary.
+
+Pure functions only: no torch, no I/O. Each family lives in its own module and registers its
+finding codes on import; :func:`diagnose` runs them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stabcheck.diagnose import execution, numerics, sweep
+from stabcheck.findings import Finding, Severity, sort_findings
+from stabcheck.records import ProbeRecord
+from stabcheck.thresholds import Thresholds
+
+STATUSES = ("healthy", "unstable", "diverged", "error", "timeout", "oom")
+
+
+@dataclass
+class ProbeDiagnosis:
+    """One probe's record, its status, summary statistics and findings."""
+
+    record: ProbeRecord
+    status: str
+    stats: dict[str, float | None]
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class Diagnosis:
+    """Everything the verdict and the reports need."""
+
+    probes: list[ProbeDiagnosis]
+    findings: list[Finding]
+    summary: dict[str, Any]
+
+
+def probe_stats(record: ProbeRecord) -> dict[str, float | None]:
+    """Summary statistics of one probe (None where undefined)."""
+    loss = record.series("loss")
+    grad = record.series("grad_norm")
+    clipped = record.series("clipped")
+    ratio = record.series("update_ratio")
+
+    def clean(value: float) -> float | None:
+        return float(f"{value:.6g}") if np.isfinite(value) else None
+
+    finite_grad = grad[np.isfinite(grad)]
+    finite_ratio = ratio[np.isfinite(ratio)]
+    return {
+        "initial_loss": clean(numerics.start_loss(loss, 1)),
+        "final_loss": clean(numerics.end_loss(loss)),
+        "min_loss": clean(float(np.nanmin(loss))) if np.isfinite(loss).any() else None,
+        "max_grad_norm": clean(float(finite_grad.max())) if finite_grad.size else None,
+        "median_grad_norm": clean(float(np.median(finite_grad))) if finite_grad.size else None,
+        "clip_fraction": clean(float(np.nanmean(clipped))) if clipped.size else None,
+        "median_update_ratio": clean(float(np.median(finite_ratio))) if finite_ratio.size
+        else None,
+    }
+
+
+def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
+    """healthy / unstable / diverged / error / timeout / oom."""
+    if record.outcome in ("error", "timeout", "oom"):
+        return record.outcome
+    if record.outcome == "nonfinite" or any(f.code in ("SC101", "SC102") for f in findings):
+        return "diverged"
+    if any(f.severity.rank >= Severity.WARNING.rank for f in findings):
+        return "unstable"
+    return "healthy"
+
+
+def diagnose(records: list[ProbeRecord], thresholds: Thresholds,
+             target_lr: float | None = None) -> Diagnosis:
+    """Run every detector over every probe, then the sweep-level analysis."""
+    probes: list[ProbeDiagnosis] = []
+    for record in sorted(records, key=lambda r: r.index):
+        found = numerics.detect(record, thresholds) + execution.detect(record)
+        probes.append(ProbeDiagnosis(record, probe_status(record, found), probe_stats(record),
+                                     found))
+    findings = [f for p in probes for f in p.findings]
+    findings += execution.detect_oom(records)
+    summary, sweep_findings = sweep.analyse(probes, thresholds, target_lr)
+    findings += sweep_findings
+    return Diagnosis(probes=probes, findings=sort_findings(findings), summary=summary)

@@ -1,0 +1,46 @@
+"""Engines run cohorts of probes. Each yields one :class:`ProbeRecord` per probe.
+
+* ``sequential`` — the reference: one probe at a time, a plain PyTorch loop.
+
+Both produce identical record layouts; the choice only changes speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from stabcheck.engine.sequential import EngineSettings, run_probe
+from stabcheck.plan import Cohort
+from stabcheck.problem import Problem, TensorData
+from stabcheck.records import ProbeRecord
+
+RecordSink = Callable[[ProbeRecord], None]
+StepSink = Callable[[int], None]
+
+
+class Engine(Protocol):
+    """Runs a cohort and hands each finished probe's record to ``on_record`` at once."""
+
+    name: str
+
+    def run_cohort(self, problem: Problem, cohort: Cohort, settings: EngineSettings,
+                   keys: dict[int, str], data: TensorData, on_record: RecordSink,
+                   on_steps: StepSink | None = None) -> None:
+        """Run every probe of ``cohort``."""
+
+
+class SequentialEngine:
+    """The reference engine: probes one after another."""
+
+    name = "sequential"
+
+    def run_cohort(self, problem: Problem, cohort: Cohort, settings: EngineSettings,
+                   keys: dict[int, str], data: TensorData, on_record: RecordSink,
+                   on_steps: StepSink | None = None) -> None:
+        """Run every probe of ``cohort``, one at a time."""
+        for spec in cohort.probes:
+            on_record(run_probe(problem, spec, settings, keys[spec.index], data, on_steps))
+
+
+__all__ = ["Engine", "EngineSettings", "SequentialEngine", "run_probe"]

@@ -1,0 +1,168 @@
+"""What every engine measures, and the pieces both engines share.
+
+Per step, each probe records the columns of :data:`STAT_COLUMNS` plus one gradient norm per
+layer. They are written into a preallocated buffer *on the device* and copied to the host
+every ``flush_every`` steps, so the hot loop never waits for the device.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# Column order of the per-step statistics buffer.
+STAT_COLUMNS = (
+    "loss",          # training loss of the step's batch (before the update)
+    "grad_norm",     # global L2 norm of the gradient, before clipping
+    "clipped",       # 1 when clipping scaled the gradient down
+    "update_ratio",  # ||Δθ|| / ||θ||: how far the step moved the weights, relative to them
+    "param_norm",    # ||θ|| after the step (non-finite once a parameter is)
+    "lr",            # effective learning rate (after warmup)
+    "skipped",       # 1 when fp16 GradScaler skipped the step for an overflow
+)
+COL = {name: i for i, name in enumerate(STAT_COLUMNS)}
+
+# torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing; so do we, so that
+# "clipped" means exactly what PyTorch's clipping would have done.
+CLIP_EPS = 1e-6
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def batch_order(seed: int, n_samples: int, batch_size: int, steps: int) -> torch.Tensor:
+    """``[steps, batch_size]`` sample indices: a seeded permutation, reshuffled every epoch.
+
+    The last incomplete batch of an epoch is dropped, so every step has the same shape (which
+    the vectorized engine needs, and which keeps the gradient noise level constant).
+    """
+    per_epoch = n_samples // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"batch size {batch_size} is larger than the dataset ({n_samples})")
+    g = torch.Generator().manual_seed(int(seed))
+    epochs = -(-steps // per_epoch)
+    chunks = [torch.randperm(n_samples, generator=g)[: per_epoch * batch_size]
+              for _ in range(epochs)]
+    return torch.cat(chunks).view(-1, batch_size)[:steps]
+
+
+def warmup_factors(steps: int, warmup_steps: int) -> torch.Tensor:
+    """Linear warmup: step ``t`` uses ``lr * (t + 1) / warmup_steps`` until warmup ends."""
+    t = torch.arange(steps, dtype=torch.float64)
+    if warmup_steps <= 0:
+        return torch.ones(steps, dtype=torch.float64)
+    return torch.clamp((t + 1) / warmup_steps, max=1.0)
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """Which layer (owning module) each parameter belongs to, in depth order."""
+
+    names: tuple[str, ...]
+    param_names: tuple[str, ...]
+    param_layer: tuple[int, ...]
+
+    @classmethod
+    def from_names(cls, param_names: Iterable[str]) -> LayerMap:
+        """Group ``layers.0.linear.weight`` and ``.bias`` under ``layers.0.linear``."""
+        names: list[str] = []
+        index: dict[str, int] = {}
+        owners: list[int] = []
+        params = list(param_names)
+        for pname in params:
+            layer = pname.rsplit(".", 1)[0] if "." in pname else pname
+            if layer not in index:
+                index[layer] = len(names)
+                names.append(layer)
+            owners.append(index[layer])
+        return cls(tuple(names), tuple(params), tuple(owners))
+
+    @classmethod
+    def of(cls, model: nn.Module) -> LayerMap:
+        """The map for a model's trainable parameters."""
+        return cls.from_names(n for n, p in model.named_parameters() if p.requires_grad)
+
+    def index_tensor(self, device: torch.device) -> torch.Tensor:
+        """Parameter → layer index, for ``index_add_``."""
+        return torch.tensor(self.param_layer, dtype=torch.long, device=device)
+
+
+@dataclass
+class StatBuffer:
+    """Preallocated on-device statistics, flushed to host numpy arrays in chunks."""
+
+    steps: int
+    n_layers: int
+    device: torch.device
+    leading: tuple[int, ...] = ()
+    stats: torch.Tensor = field(init=False)
+    layers: torch.Tensor = field(init=False)
+    host_stats: np.ndarray = field(init=False)
+    host_layers: np.ndarray = field(init=False)
+    flushed: int = 0
+
+    def __post_init__(self) -> None:
+        shape = (*self.leading, self.steps)
+        self.stats = torch.full((*shape, len(STAT_COLUMNS)), float("nan"), device=self.device)
+        self.layers = torch.full((*shape, self.n_layers), float("nan"), device=self.device)
+        self.host_stats = np.full((*shape, len(STAT_COLUMNS)), np.nan, dtype=np.float32)
+        self.host_layers = np.full((*shape, self.n_layers), np.nan, dtype=np.float32)
+
+    def flush(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy steps ``[flushed, upto)`` to the host (one sync) and return them."""
+        lo = self.flushed
+        if upto > lo:
+            # Slicing the last-but-one axis works for both [steps, C] and [P, steps, C].
+            self.host_stats[..., lo:upto, :] = self.stats[..., lo:upto, :].float().cpu().numpy()
+            self.host_layers[..., lo:upto, :] = self.layers[..., lo:upto, :].float().cpu().numpy()
+            self.flushed = upto
+        return self.host_stats[..., lo:upto, :], self.host_layers[..., lo:upto, :]
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Where a probe first went non-finite: the row, what (loss/gradient/parameter), NaN or Inf."""
+
+    row: int
+    what: str
+    kind: str
+
+
+def first_nonfinite(stats: np.ndarray) -> NonFinite | None:
+    """First step (row) whose loss, gradient or parameters are non-finite, if any."""
+    checks = (("loss", COL["loss"]), ("gradient", COL["grad_norm"]),
+              ("parameter", COL["param_norm"]))
+    for row in range(stats.shape[0]):
+        # fp16: a gradient overflow makes GradScaler skip the step and lower its scale; that
+        # is normal loss scaling, not divergence, unless the loss itself is non-finite.
+        skipped = stats[row, COL["skipped"]] > 0
+        for what, col in checks[:1] if skipped else checks:
+            value = stats[row, col]
+            if not np.isfinite(value):
+                return NonFinite(row, what, "NaN" if np.isnan(value) else "Inf")
+    return None
+
+
+def to_jsonable(values: Any) -> Any:
+    """Floats with non-finite values as ``None`` (JSON has no NaN); nested lists kept."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = np.where(np.isfinite(arr), arr, np.nan).tolist()
+    return _none_for_nan(out)
+
+
+def _none_for_nan(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_none_for_nan(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return float(f"{value:.7g}") if isinstance(value, float) else value

@@ -1,0 +1,110 @@
+"""Findings, severities and the registry of stable finding codes.
+
+Every detector registers the codes it can emit, with the theory behind them, the published
+source of its default threshold and what to do about it; ``stabcheck explain CODE`` prints
+exactly this. Codes never change meaning once released: new checks get new codes.
+
+Families: SC1xx numerics and divergence, SC2xx loss dynamics, SC3xx gradients, SC4xx
+clipping, SC5xx sweep-level, SC6xx initialisation, SC7xx curvature, SC8xx execution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Severity(str, Enum):
+    """How bad a finding is. ``fail_on`` compares against this order."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        """0 for info, 1 for warning, 2 for error."""
+        return ("info", "warning", "error").index(self.value)
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """What one finding code means. Shown by ``stabcheck explain``."""
+
+    code: str
+    name: str
+    title: str
+    severity: Severity
+    family: str
+    explanation: str
+    source: str
+    recommendation: str
+    thresholds: tuple[str, ...] = ()
+    config_key: str | None = None
+
+
+REGISTRY: dict[str, CodeInfo] = {}
+
+
+def register(info: CodeInfo) -> CodeInfo:
+    """Add a code to the registry (each code exactly once)."""
+    if info.code in REGISTRY:
+        raise ValueError(f"finding code {info.code} registered twice")
+    REGISTRY[info.code] = info
+    return info
+
+
+@dataclass
+class Finding:
+    """One thing the audit found, with its evidence and what to do."""
+
+    code: str
+    severity: Severity
+    message: str
+    probes: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    value: float | None = None
+    threshold: float | None = None
+    recommendation: str = ""
+    config_key: str | None = None
+
+    @property
+    def info(self) -> CodeInfo:
+        """The registry entry of this finding's code."""
+        return REGISTRY[self.code]
+
+    @property
+    def title(self) -> str:
+        """The code's short title."""
+        return self.info.title
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the JSON report."""
+        data = asdict(self)
+        data["severity"] = self.severity.value
+        data["title"] = self.title
+        data["name"] = self.info.name
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        """Inverse of :meth:`to_dict`."""
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["severity"] = Severity(kwargs["severity"])
+        return cls(**kwargs)
+
+
+def make(code: str, message: str, severity: Severity | None = None, **kwargs: Any) -> Finding:
+    """A finding of a registered code; severity and recommendation default to the code's."""
+    info = REGISTRY[code]
+    kwargs.setdefault("recommendation", info.recommendation)
+    kwargs.setdefault("config_key", info.config_key)
+    return Finding(code=code, severity=severity or info.severity, message=message, **kwargs)
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most severe first, then by code, then by first probe."""
+    return sorted(findings, key=lambda f: (-f.severity.rank, f.code,
+                                           f.probes[0] if f.probes else -1, f.message))

@@ -1,0 +1,368 @@
+"""From a validated config to the things a probe needs: a model builder, data, a loss.
+
+This is where user code is imported and called for the first time, after the schema has
+validated. Failures are sorted by who must fix them:
+
+* a reference that does not import or whose kwargs do not bind → :class:`ConfigError` (exit 2);
+* built-ins that do not fit together (model width ≠ data features) → :class:`ConfigError`;
+* user code that raises while building the model or data → :class:`UserCodeError` (exit 3).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stabcheck.builtins.data import DATASETS
+from stabcheck.builtins.models import MODELS
+from stabcheck.config import LoadedConfig
+from stabcheck.errors import ConfigError, UserCodeError
+from stabcheck.references import ReferenceProblem, check_kwargs, resolve, resolve_callable
+
+Batch = tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class TensorData:
+    """An in-memory dataset: a tuple or a dict of tensors sharing their first dimension."""
+
+    tensors: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        first = next(iter(self.tensors.values())) if isinstance(self.tensors, dict) \
+            else self.tensors[0]
+        return int(first.shape[0])
+
+    def to(self, device: torch.device) -> TensorData:
+        """A copy with every tensor on ``device``."""
+        if isinstance(self.tensors, dict):
+            return TensorData({k: v.to(device) for k, v in self.tensors.items()})
+        return TensorData(tuple(t.to(device) for t in self.tensors))
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Gather the samples at ``index`` (any shape of indices, e.g. ``[P, B]``)."""
+        if isinstance(self.tensors, dict):
+            return {k: v[index] for k, v in self.tensors.items()}
+        return tuple(t[index] for t in self.tensors)
+
+
+@dataclass
+class Problem:
+    """Everything a probe needs, built once per audit."""
+
+    build_model: Callable[[], nn.Module]
+    data: TensorData
+    loss_fn: LossFn
+    make_optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
+    optimizer_name: str
+    optimizer_kwargs: dict[str, Any]
+    device: torch.device
+    num_classes: int | None
+    loss_name: str
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; an unavailable device is a config error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{requested!r} requested but no CUDA device is available "
+                             "(use 'auto' or 'cpu')")
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{requested!r} requested but only {torch.cuda.device_count()} "
+                             "CUDA device(s) exist")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("'mps' requested but MPS is not available")
+    return torch.device(requested)
+
+
+def _reference(loaded: LoadedConfig, path: tuple[str, ...], ref: str) -> Any:
+    try:
+        return resolve_callable(ref, loaded.base_dir)
+    except ReferenceProblem as exc:
+        raise loaded.error_at(path, str(exc)) from None
+
+
+def _builder(loaded: LoadedConfig, section: str, registry: dict[str, Callable[..., Any]]
+             ) -> tuple[Callable[..., Any], dict[str, Any], bool]:
+    spec = getattr(loaded.config, section)
+    if spec.builtin is not None:
+        fn, user = registry[spec.builtin], False
+    else:
+        fn, user = _reference(loaded, (section, "factory"), spec.factory), True
+    label = f"{section} {spec.builtin or spec.factory!r}"
+    try:
+        check_kwargs(fn, spec.kwargs, label)
+    except ReferenceProblem as exc:
+        raise loaded.error_at((section, "kwargs"), str(exc)) from None
+    return fn, dict(spec.kwargs), user
+
+
+def _call_user(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, user: bool,
+               loaded: LoadedConfig, path: tuple[str, ...]) -> Any:
+    try:
+        return fn(**kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        if user:
+            raise UserCodeError(f"{what} raised {detail}") from exc
+        raise loaded.error_at(path, f"{what} failed: {detail}") from None
+
+
+def _as_tensor_data(obj: Any, max_samples: int, where: str) -> TensorData:
+    if isinstance(obj, torch.Tensor):
+        return TensorData((obj,))
+    if isinstance(obj, tuple | list) and obj and all(isinstance(t, torch.Tensor) for t in obj):
+        data = TensorData(tuple(obj))
+    elif isinstance(obj, dict) and obj and all(isinstance(t, torch.Tensor) for t in obj.values()):
+        data = TensorData({str(k): v for k, v in obj.items()})
+    elif isinstance(obj, torch.utils.data.Dataset):
+        data = _materialise(obj, max_samples, where)
+    else:
+        raise UserCodeError(f"{where} returned {type(obj).__name__}; expected a torch Dataset, "
+                            "a tuple of tensors (inputs, targets) or a dict of tensors")
+    tensors = data.tensors.values() if isinstance(data.tensors, dict) else data.tensors
+    sizes = {int(t.shape[0]) if t.dim() else -1 for t in tensors}
+    if len(sizes) != 1 or -1 in sizes:
+        raise UserCodeError(f"{where} returned tensors whose first dimensions differ: "
+                            f"{sorted(sizes)}")
+    if data.n == 0:
+        raise UserCodeError(f"{where} returned an empty dataset")
+    return data
+
+
+def _materialise(dataset: torch.utils.data.Dataset[Any], max_samples: int,
+                 where: str) -> TensorData:
+    # Probes are short, so a Dataset is read once into memory; every probe then draws its
+    # batches by index gathers, on the device, with no DataLoader workers to coordinate.
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise UserCodeError(f"{where} returned a Dataset without __len__; stabcheck needs a "
+                            "map-style Dataset") from None
+    count = min(size, max_samples)
+    try:
+        items = [dataset[i] for i in range(count)]
+        batch = torch.utils.data.default_collate(items)
+    except Exception as exc:
+        raise UserCodeError(f"reading {where}'s Dataset raised {type(exc).__name__}: {exc}") \
+            from exc
+    if isinstance(batch, torch.Tensor):
+        return TensorData((batch,))
+    if isinstance(batch, list | tuple):
+        return TensorData(tuple(batch))
+    if isinstance(batch, dict):
+        return TensorData(dict(batch))
+    raise UserCodeError(f"{where}'s Dataset items collate to {type(batch).__name__}; expected "
+                        "tensors, tuples or dicts of tensors")
+
+
+def _extract_loss(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) and "loss" in output:
+        return output["loss"]  # type: ignore[no-any-return]
+    loss = getattr(output, "loss", None)
+    if isinstance(loss, torch.Tensor):
+        return loss
+    raise TypeError(f"with loss: model, forward must return the loss (a tensor, or a dict or "
+                    f"object with 'loss'); it returned {type(output).__name__}")
+
+
+def _builtin_criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Sequence models: [N, T, V] logits against [N, T] tokens.
+        if out.dim() > 2:
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), target.reshape(-1))
+        return F.cross_entropy(out.float(), target)
+
+    def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if out.shape != target.shape and out.numel() == target.numel():
+            target = target.reshape(out.shape)
+        return F.mse_loss(out.float(), target.float())
+
+    def bce_with_logits(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if out.shape != target.shape and out.numel() == target.numel():
+            target = target.reshape(out.shape)
+        return F.binary_cross_entropy_with_logits(out.float(), target.float())
+
+    return {"cross_entropy": cross_entropy, "mse": mse, "bce_with_logits": bce_with_logits}[name]
+
+
+def make_loss_fn(loss: str, criterion: Callable[..., torch.Tensor] | None,
+                 target_key: str) -> LossFn:
+    """Build ``(model, batch) -> scalar loss`` for any batch structure."""
+    if loss == "model":
+        def model_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+            out = model(**batch) if isinstance(batch, dict) else model(*batch)
+            return _extract_loss(out)
+        return model_loss
+    assert criterion is not None
+
+    def criterion_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+        if isinstance(batch, dict):
+            inputs = {k: v for k, v in batch.items() if k != target_key}
+            return criterion(model(**inputs), batch[target_key])
+        if len(batch) < 2:
+            raise ValueError("this loss needs (inputs, targets); the data has only inputs "
+                             "(use loss: model if the model computes its own loss)")
+        return criterion(model(*batch[:-1]), batch[-1])
+    return criterion_loss
+
+
+_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+def _optimizer_factory(loaded: LoadedConfig
+                       ) -> Callable[[list[nn.Parameter], float], torch.optim.Optimizer]:
+    spec = loaded.config.optimizer
+    if ":" in spec.name:
+        cls = _reference(loaded, ("optimizer", "name"), spec.name)
+        if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+            raise loaded.error_at(("optimizer", "name"),
+                                  f"{spec.name!r} is not a torch.optim.Optimizer subclass")
+    else:
+        cls = _OPTIMIZERS[spec.name]
+    if "lr" in spec.kwargs:
+        raise loaded.error_at(("optimizer", "kwargs", "lr"),
+                              "set learning rates under sweep.learning_rates, not here")
+    try:
+        inspect.signature(cls).bind([], lr=1.0, **spec.kwargs)
+    except TypeError as exc:
+        raise loaded.error_at(("optimizer", "kwargs"), f"{spec.name}: {exc}") from None
+    except ValueError:
+        pass
+    kwargs = dict(spec.kwargs)
+
+    def make(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        return cls(params, lr=lr, **kwargs)  # type: ignore[no-any-return]
+    return make
+
+
+def _load_checkpoint(model: nn.Module, path: Path) -> None:
+    # Never unpickle arbitrary objects from a config-named file (issue: hostile input).
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ConfigError(f"{path}: reading .safetensors needs the 'safetensors' package"
+                              ) from None
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+
+
+def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> Problem:
+    """Import user code, build data and a trial model, and check that they fit together.
+
+    Also checks what needs the data to check: every batch size fits in the dataset, and one
+    forward pass of a tiny batch produces a finite scalar loss.
+    """
+    cfg = loaded.config
+    model_fn, model_kwargs, model_is_user = _builder(loaded, "model", MODELS)
+    data_fn, data_kwargs, data_is_user = _builder(loaded, "data", DATASETS)
+    criterion = None
+    if cfg.loss != "model":
+        criterion = _reference(loaded, ("loss",), cfg.loss) if ":" in cfg.loss \
+            else _builtin_criterion(cfg.loss)
+    make_optimizer = _optimizer_factory(loaded)
+    if device is None:
+        try:
+            device = resolve_device(cfg.probe.device)
+        except ValueError as exc:
+            raise loaded.error_at(("probe", "device"), str(exc)) from None
+
+    raw_data = _call_user(data_fn, data_kwargs, "the data factory", data_is_user, loaded,
+                          ("data", "kwargs"))
+    data = _as_tensor_data(raw_data, cfg.data.max_samples, "the data factory")
+    for i, bs in enumerate(cfg.sweep.batch_sizes):
+        if bs > data.n:
+            raise loaded.error_at(("sweep", "batch_sizes", i),
+                                  f"batch size {bs} is larger than the dataset ({data.n} samples)")
+    if isinstance(data.tensors, dict) and cfg.loss != "model" \
+            and cfg.data.target_key not in data.tensors:
+        raise loaded.error_at(("data", "target_key"),
+                              f"the data has no key {cfg.data.target_key!r} (keys: "
+                              f"{', '.join(data.tensors)})")
+
+    checkpoint = Path(cfg.model.checkpoint) if cfg.model.checkpoint else None
+    if checkpoint is not None and not checkpoint.is_absolute():
+        checkpoint = loaded.base_dir / checkpoint
+
+    def build_model() -> nn.Module:
+        model = _call_user(model_fn, model_kwargs, "the model factory", model_is_user, loaded,
+                           ("model", "kwargs"))
+        if not isinstance(model, nn.Module):
+            raise UserCodeError(f"the model factory returned {type(model).__name__}, not an "
+                                "nn.Module")
+        if checkpoint is not None:
+            try:
+                _load_checkpoint(model, checkpoint)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise loaded.error_at(("model", "checkpoint"),
+                                      f"cannot load {checkpoint}: {type(exc).__name__}: {exc}"
+                                      ) from None
+        return model
+
+    loss_fn = make_loss_fn(cfg.loss, criterion, cfg.data.target_key)
+    num_classes = _trial_forward(loaded, build_model, data, loss_fn,
+                                 model_is_user or data_is_user or ":" in cfg.loss)
+    return Problem(build_model=build_model, data=data, loss_fn=loss_fn,
+                   make_optimizer=make_optimizer, optimizer_name=cfg.optimizer.name,
+                   optimizer_kwargs=dict(cfg.optimizer.kwargs), device=device,
+                   num_classes=num_classes, loss_name=cfg.loss)
+
+
+def _trial_forward(loaded: LoadedConfig, build_model: Callable[[], nn.Module], data: TensorData,
+                   loss_fn: LossFn, user: bool) -> int | None:
+    """Run one tiny CPU batch so shape mismatches surface before any probe starts."""
+    torch.manual_seed(0)
+    model = build_model()
+    batch = data.batch(torch.arange(min(2, data.n)))
+    outputs: list[torch.Tensor] = []
+    hook = model.register_forward_hook(lambda _m, _i, out: outputs.append(out)
+                                       if isinstance(out, torch.Tensor) else None)
+    try:
+        loss = loss_fn(model, batch)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if user:
+            raise UserCodeError(f"a trial forward pass of one batch raised {detail}") from exc
+        raise loaded.error_at(("model", "kwargs"), f"the model does not fit the data: {detail}"
+                              ) from None
+    finally:
+        hook.remove()
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise UserCodeError(f"the loss must be a scalar tensor; got {shape}")
+    if loaded.config.loss == "cross_entropy" and outputs:
+        return int(outputs[-1].shape[-1])
+    return None
+
+
+def log_num_classes(problem: Problem) -> float | None:
+    """``ln(C)``: the expected initial cross-entropy of a classifier with C classes."""
+    return math.log(problem.num_classes) if problem.num_classes else None

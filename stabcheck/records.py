@@ -1,0 +1,76 @@
+"""The record of one finished probe: what the engine measured, as plain data.
+
+A record is what the journal stores (one JSON line each) and what the diagnosis reads. It
+holds raw measurements and the engine's *outcome*; the probe's *status* (healthy, unstable,
+diverged, …) is a diagnosis of those measurements and is computed downstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from stabcheck.engine.instruments import STAT_COLUMNS
+
+Outcome = Literal["completed", "nonfinite", "error", "timeout", "oom"]
+OUTCOMES = ("completed", "nonfinite", "error", "timeout", "oom")
+
+
+@dataclass
+class ProbeRecord:
+    """One probe's measurements. Traces hold ``steps_run`` entries; ``None`` is non-finite."""
+
+    lr: float
+    seed: int
+    batch_size: int
+    index: int
+    key: str
+    outcome: str
+    steps_planned: int
+    steps_run: int
+    layer_names: list[str] = field(default_factory=list)
+    trace: dict[str, list[float | None]] = field(default_factory=dict)
+    layer_grad_norms: list[list[float | None]] = field(default_factory=list)
+    first_nonfinite_step: int | None = None
+    nonfinite_what: str | None = None
+    nonfinite_kind: str | None = None
+    nonfinite_module: str | None = None
+    wall_time_s: float = 0.0
+    engine: str = "sequential"
+    error: dict[str, Any] | None = None
+    curvature: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """``lr=0.1 seed=2 bs=32``."""
+        return f"lr={self.lr:g} seed={self.seed} bs={self.batch_size}"
+
+    def series(self, column: str) -> np.ndarray:
+        """One trace column as float64 with NaN for non-finite steps."""
+        values = self.trace.get(column, [])
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    def layer_matrix(self) -> np.ndarray:
+        """``[steps_run, n_layers]`` per-layer gradient norms."""
+        if not self.layer_grad_norms:
+            return np.zeros((0, len(self.layer_names)))
+        return np.array([[np.nan if v is None else v for v in row]
+                         for row in self.layer_grad_norms], dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeRecord:
+        """Inverse of :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def empty_trace() -> dict[str, list[float | None]]:
+    """A trace with every column and no steps."""
+    return {name: [] for name in STAT_COLUMNS}

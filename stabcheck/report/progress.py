@@ -1,0 +1,126 @@
+"""Progress display: a rich bar on a terminal, plain lines in CI, nothing with ``-q``."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from stabcheck.records import ProbeRecord
+
+
+def _outcome(record: ProbeRecord) -> str:
+    loss = [v for v in record.trace.get("loss", []) if v is not None]
+    final = f", final loss {loss[-1]:.4g}" if loss else ""
+    if record.outcome == "nonfinite":
+        return f"non-finite {record.nonfinite_what} at step {record.first_nonfinite_step}"
+    if record.outcome in ("error", "timeout", "oom"):
+        err = record.error or {}
+        return f"{record.outcome}: {err.get('type', '')} {err.get('message', '')}".strip()
+    return f"completed {record.steps_run} steps{final}"
+
+
+class PlainProgress:
+    """One line per finished probe: for CI logs and pipes (no animation)."""
+
+    def __init__(self, console: Console, verbose: bool = False) -> None:
+        self.console = console
+        self.verbose = verbose
+        self.total = 0
+        self.done = 0
+
+    def start(self, total: int, done: int, steps_per_probe: int) -> None:
+        """Announce the run."""
+        self.total, self.done = total, done
+        resumed = f" ({done} already done, resuming)" if done else ""
+        self.console.print(f"running {total} probes of {steps_per_probe} steps{resumed}",
+                           highlight=False)
+
+    def steps(self, n: int) -> None:
+        """Plain output does not report steps."""
+
+    def probe_done(self, record: ProbeRecord) -> None:
+        """Print one line for the probe."""
+        self.done += 1
+        width = len(str(self.total))
+        self.console.print(f"[{self.done:>{width}}/{self.total}] {record.label}: "
+                           f"{_outcome(record)} ({record.wall_time_s:.2f}s)", highlight=False,
+                           markup=False)
+
+    def note(self, message: str) -> None:
+        """Print a note."""
+        self.console.print(f"note: {message}", highlight=False, markup=False)
+
+    def stop(self) -> None:
+        """Nothing to tear down."""
+
+
+class RichProgress:
+    """A live bar over probes plus one over the running cohort's steps, with an ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self.probes: TaskID | None = None
+        self.step_task: TaskID | None = None
+        self.steps_per_probe = 1
+
+    def start(self, total: int, done: int, steps_per_probe: int) -> None:
+        """Show the bars."""
+        self.steps_per_probe = steps_per_probe
+        self.bar.start()
+        self.probes = self.bar.add_task("probes", total=total, completed=done)
+        self.step_task = self.bar.add_task("steps", total=steps_per_probe)
+
+    def steps(self, n: int) -> None:
+        """Advance the step bar."""
+        if self.step_task is not None:
+            self.bar.advance(self.step_task, n)
+
+    def probe_done(self, record: ProbeRecord) -> None:
+        """Advance the probe bar and log unusual outcomes above it."""
+        if self.probes is not None:
+            self.bar.advance(self.probes, 1)
+        if self.step_task is not None:
+            self.bar.reset(self.step_task, total=self.steps_per_probe)
+        if record.outcome != "completed":
+            self.bar.console.print(f"{record.label}: {_outcome(record)}", markup=False,
+                                   highlight=False)
+
+    def note(self, message: str) -> None:
+        """Print a note above the bars."""
+        self.bar.console.print(f"note: {message}", markup=False, highlight=False)
+
+    def stop(self) -> None:
+        """Remove the bars."""
+        self.bar.stop()
+
+
+class QuietProgress:
+    """``-q``: nothing at all."""
+
+    def start(self, total: int, done: int, steps_per_probe: int) -> None:
+        """Nothing."""
+
+    def steps(self, n: int) -> None:
+        """Nothing."""
+
+    def probe_done(self, record: ProbeRecord) -> None:
+        """Nothing."""
+
+    def note(self, message: str) -> None:
+        """Nothing."""
+
+    def stop(self) -> None:
+        """Nothing."""

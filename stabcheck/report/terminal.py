@@ -1,0 +1,185 @@
+"""The human report: a grid of LR x batch size, findings by severity, recommendations.
+
+One layout serves both terminal formats: ``rich`` prints it in colour to a terminal, ``text``
+renders the same thing without colour or animation (CI logs, ``NO_COLOR``, pipes).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console, Group, RenderableType
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from stabcheck.findings import Finding
+
+if TYPE_CHECKING:
+    from stabcheck.diagnose import ProbeDiagnosis
+    from stabcheck.result import AuditResult
+
+SYMBOLS = {"healthy": ("✓", "green"), "unstable": ("!", "yellow"), "diverged": ("✗", "red"),
+           "error": ("E", "magenta"), "timeout": ("T", "magenta"), "oom": ("M", "magenta")}
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+SPARK = "▁▂▃▄▅▆▇█"
+MAX_PER_CODE = 3
+
+
+def sparkline(values: np.ndarray, width: int = 12) -> str:
+    """A unicode sparkline of a (log-scaled) loss curve; ``×`` marks where it went non-finite."""
+    if values.size == 0:
+        return ""
+    buckets = np.array_split(values, min(width, values.size))
+    points = [float(np.nanmean(b)) if np.isfinite(b).any() else np.nan for b in buckets]
+    finite = [p for p in points if np.isfinite(p) and p > 0]
+    if not finite:
+        return "×" * len(points)
+    lo, hi = np.log10(min(finite)), np.log10(max(finite))
+    span = hi - lo or 1.0
+    out = []
+    for p in points:
+        if not np.isfinite(p):
+            out.append("×")
+        elif p <= 0:
+            out.append(SPARK[0])
+        else:
+            out.append(SPARK[min(len(SPARK) - 1, int((np.log10(p) - lo) / span * len(SPARK)))])
+    return "".join(out)
+
+
+def _cell_curve(members: list[ProbeDiagnosis]) -> np.ndarray:
+    # The median curve across seeds, padded with NaN where a seed stopped early.
+    series = [m.record.series("loss") for m in members]
+    length = max((s.size for s in series), default=0)
+    if length == 0:
+        return np.zeros(0)
+    stacked = np.full((len(series), length), np.nan)
+    for i, s in enumerate(series):
+        stacked[i, : s.size] = s
+    with np.errstate(all="ignore"):
+        finite_any = np.isfinite(stacked).any(axis=0)
+        out = np.full(length, np.nan)
+        out[finite_any] = np.nanmedian(stacked[:, finite_any], axis=0)
+    return out
+
+
+def _grid(result: AuditResult) -> Table:
+    probes = result.diagnosis.probes
+    lrs = sorted({p.record.lr for p in probes})
+    sizes = sorted({p.record.batch_size for p in probes})
+    cells: dict[tuple[int, float], list[ProbeDiagnosis]] = defaultdict(list)
+    for p in probes:
+        cells[(p.record.batch_size, p.record.lr)].append(p)
+    table = Table(title="Probe grid: status per seed, median final loss, loss curve",
+                  title_justify="left", show_lines=True)
+    table.add_column("batch \\ lr", justify="right", style="bold")
+    for lr in lrs:
+        table.add_column(f"{lr:g}", justify="left", no_wrap=True)
+    for bs in sizes:
+        row: list[RenderableType] = [str(bs)]
+        for lr in lrs:
+            members = sorted(cells.get((bs, lr), []), key=lambda m: m.record.seed)
+            row.append(_cell(members))
+        table.add_row(*row)
+    return table
+
+
+def _cell(members: list[ProbeDiagnosis]) -> Text:
+    if not members:
+        return Text("–", style="dim")
+    text = Text()
+    for m in members:
+        symbol, style = SYMBOLS.get(m.status, ("?", "white"))
+        text.append(symbol, style=style)
+    finals = [m.stats.get("final_loss") for m in members]
+    finite = [f for f in finals if f is not None]
+    text.append(f" {np.median(finite):.3g}" if finite else " –")
+    text.append("\n" + sparkline(_cell_curve(members)), style="dim")
+    return text
+
+
+def _findings(findings: list[Finding]) -> RenderableType:
+    if not findings:
+        return Text("No findings.", style="green")
+    by_code: dict[str, list[Finding]] = defaultdict(list)
+    for f in findings:
+        by_code[f.code].append(f)
+    table = Table(show_header=True, box=None, pad_edge=False)
+    table.add_column("severity")
+    table.add_column("code")
+    table.add_column("finding", overflow="fold")
+    for code, group in by_code.items():
+        first = group[0]
+        lines = Text(first.title, style="bold")
+        for f in group[:MAX_PER_CODE]:
+            lines.append(f"\n  {f.message}")
+            if f.value is not None and f.threshold is not None:
+                lines.append(f"  [value {f.value:.4g}, threshold {f.threshold:.4g}]",
+                             style="dim")
+        if len(group) > MAX_PER_CODE:
+            lines.append(f"\n  … and {len(group) - MAX_PER_CODE} more", style="dim")
+        lines.append(f"\n  → {first.recommendation}", style="italic")
+        table.add_row(Text(first.severity.value.upper(), style=SEVERITY_STYLE[first.severity]),
+                      code, lines)
+    return table
+
+
+def _recommendations(result: AuditResult) -> RenderableType:
+    summary: dict[str, Any] = result.diagnosis.summary
+    lines = Text()
+    msl = summary.get("max_stable_lr", {})
+    if msl:
+        parts = [f"bs={bs}: {lr:g}" if lr is not None else f"bs={bs}: none in the grid"
+                 for bs, lr in msl.items()]
+        lines.append("• max stable LR (all seeds healthy): " + "; ".join(parts) + "\n")
+    for rec in summary.get("recommendations", []):
+        lines.append(f"• {rec}\n")
+    return lines if lines.plain else Text("No recommendations.", style="dim")
+
+
+def verdict_line(result: AuditResult) -> Text:
+    """``Verdict: PASSED — reason (exit 0)``."""
+    v = result.verdict
+    style = {"passed": "bold green", "failed": "bold red"}.get(v.verdict, "bold magenta")
+    label = "INCOMPLETE" if v.verdict == "incomplete" else v.verdict.upper().replace("_", " ")
+    return Text.assemble(("Verdict: ", "bold"), (label, style),
+                         f" — {v.reason} (exit {v.exit_code})")
+
+
+def renderables(result: AuditResult) -> list[RenderableType]:
+    """The report as rich renderables, top to bottom."""
+    env = result.environment
+    counts = result.diagnosis.summary.get("by_status", {})
+    status_line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    head = Text.assemble(
+        ("stabcheck ", "bold"), (f"· {result.name} · ", ""),
+        (f"{len(result.diagnosis.probes)}/{result.planned} probes", "bold"),
+        f" ({status_line}) · {env.get('device', '?')}",
+        f" · {result.timings['wall_time_s']:.1f}s" if "wall_time_s" in result.timings else "")
+    out: list[RenderableType] = [head]
+    if result.diagnosis.probes:
+        out.append(_grid(result))
+    out += [Rule("Findings", align="left"), _findings(result.diagnosis.findings),
+            Rule("Recommendations", align="left"), _recommendations(result)]
+    for note in result.notes:
+        out.append(Text(f"note: {note}", style="dim"))
+    out.append(verdict_line(result))
+    return out
+
+
+def print_report(result: AuditResult, console: Console) -> None:
+    """Print the report to ``console`` (colour if the console has it)."""
+    console.print(Group(*renderables(result)))
+
+
+def render(result: AuditResult, width: int = 110) -> str:
+    """The report as plain text."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False,
+                      no_color=True, emoji=False, highlight=False)
+    print_report(result, console)
+    return buffer.getvalue()
