@@ -76,7 +76,7 @@ class _ListType(click.ParamType):
 class StabcheckGroup(click.Group):
     """A click group whose ``main`` maps every failure to stabcheck's exit codes."""
 
-    def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
+    def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
         try:
@@ -169,27 +169,24 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
 
 
 def _emit(result: Any, fmt: str | None, output: Path | None, console: Any, quiet: bool) -> None:
-    """Human report to stderr; machine format to stdout or -o FILE."""
+    """The human report always goes to stderr (only the verdict with ``-q``); a machine
+    format goes to stdout, and any format to ``-o FILE``."""
     from stabcheck.report import render
-    from stabcheck.report.terminal import print_report
+    from stabcheck.report.terminal import print_report, verdict_line
 
-    fmt = fmt or ("rich" if use_rich(sys.stderr) else "text")
     if quiet:
-        from stabcheck.report.terminal import verdict_line
-
         console.print(verdict_line(result))
-    elif fmt in HUMAN_FORMATS or output is not None:
+    else:
         print_report(result, console)
-    if fmt in MACHINE_FORMATS or output is not None:
-        text = render(result, fmt)
-        if output is not None:
-            try:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                output.write_text(text, encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"{output}: cannot write: {exc.strerror or exc}") from None
-        else:
-            click.echo(text, nl=False)
+    fmt = fmt or ("rich" if use_rich(sys.stderr) else "text")
+    if output is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(render(result, fmt), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    elif fmt in MACHINE_FORMATS:
+        click.echo(render(result, fmt), nl=False)
 
 
 @cli.command()

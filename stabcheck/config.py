@@ -122,7 +122,7 @@ class LRRange(_Strict):
 
 
 def _lr_kind(value: Any) -> str:
-    return "<range>" if isinstance(value, dict) else "<list>"
+    return "<range>" if isinstance(value, dict | LRRange) else "<list>"
 
 
 LearningRates = Annotated[
@@ -346,7 +346,8 @@ def set_override(raw: dict[str, Any], dotted: str, value: Any) -> tuple[str, ...
 
 def validate_data(raw: Any, source: yamlsafe.SourceMap,
                   overrides: dict[str, Any] | None = None,
-                  defaults: dict[str, Any] | None = None) -> tuple[AuditConfig, set[tuple[str, ...]]]:
+                  defaults: dict[str, Any] | None = None
+                  ) -> tuple[AuditConfig, set[tuple[str, ...]]]:
     """Validate plain data against the schema, applying defaults and CLI overrides.
 
     ``defaults`` (from ``[tool.stabcheck]``) sit under the file's own values; ``overrides``

@@ -11,11 +11,11 @@ clipping, SC5xx sweep-level, SC6xx initialisation, SC7xx curvature, SC8xx execut
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """How bad a finding is. ``fail_on`` compares against this order."""
 
     INFO = "info"

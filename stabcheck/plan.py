@@ -45,7 +45,7 @@ class Cohort:
 
 def plan_probes(config: AuditConfig) -> list[ProbeSpec]:
     """Every (batch size, lr, seed) of the sweep, in a fixed order."""
-    probes = []
+    probes: list[ProbeSpec] = []
     for bs in sorted(config.sweep.batch_sizes):
         for lr in config.sweep.lr_values():
             for seed in config.sweep.seeds:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from stabcheck.builtins.data import DATASETS
 from stabcheck.builtins.models import MODELS
 from stabcheck.config import LoadedConfig
 from stabcheck.errors import ConfigError, UserCodeError
-from stabcheck.references import ReferenceProblem, check_kwargs, resolve, resolve_callable
+from stabcheck.references import ReferenceProblem, check_kwargs, resolve_callable
 
 Batch = tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -96,7 +96,7 @@ def _reference(loaded: LoadedConfig, path: tuple[str, ...], ref: str) -> Any:
         raise loaded.error_at(path, str(exc)) from None
 
 
-def _builder(loaded: LoadedConfig, section: str, registry: dict[str, Callable[..., Any]]
+def _builder(loaded: LoadedConfig, section: str, registry: Mapping[str, Callable[..., Any]]
              ) -> tuple[Callable[..., Any], dict[str, Any], bool]:
     spec = getattr(loaded.config, section)
     if spec.builtin is not None:
@@ -176,7 +176,7 @@ def _extract_loss(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, dict) and "loss" in output:
-        return output["loss"]  # type: ignore[no-any-return]
+        return output["loss"]
     loss = getattr(output, "loss", None)
     if isinstance(loss, torch.Tensor):
         return loss
@@ -225,7 +225,7 @@ def make_loss_fn(loss: str, criterion: Callable[..., torch.Tensor] | None,
     return criterion_loss
 
 
-_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
     "rmsprop": torch.optim.RMSprop,
 }
@@ -234,11 +234,13 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 def _optimizer_factory(loaded: LoadedConfig
                        ) -> Callable[[list[nn.Parameter], float], torch.optim.Optimizer]:
     spec = loaded.config.optimizer
+    cls: Callable[..., torch.optim.Optimizer]
     if ":" in spec.name:
-        cls = _reference(loaded, ("optimizer", "name"), spec.name)
-        if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+        found = _reference(loaded, ("optimizer", "name"), spec.name)
+        if not (inspect.isclass(found) and issubclass(found, torch.optim.Optimizer)):
             raise loaded.error_at(("optimizer", "name"),
                                   f"{spec.name!r} is not a torch.optim.Optimizer subclass")
+        cls = found
     else:
         cls = _OPTIMIZERS[spec.name]
     if "lr" in spec.kwargs:
@@ -253,7 +255,7 @@ def _optimizer_factory(loaded: LoadedConfig
     kwargs = dict(spec.kwargs)
 
     def make(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        return cls(params, lr=lr, **kwargs)  # type: ignore[no-any-return]
+        return cls(params, lr=lr, **kwargs)  # type: ignore[call-arg]
     return make
 
 

@@ -8,13 +8,11 @@ diverged, …) is a diagnosis of those measurements and is computed downstream.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from stabcheck.engine.instruments import STAT_COLUMNS
-
-Outcome = Literal["completed", "nonfinite", "error", "timeout", "oom"]
+# What the engine says happened to a probe (its *status* is a diagnosis, made downstream).
 OUTCOMES = ("completed", "nonfinite", "error", "timeout", "oom")
 
 
@@ -70,7 +68,3 @@ class ProbeRecord:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-
-def empty_trace() -> dict[str, list[float | None]]:
-    """A trace with every column and no steps."""
-    return {name: [] for name in STAT_COLUMNS}

@@ -13,6 +13,7 @@ target's signature with :func:`inspect.signature` ``.bind`` before anything runs
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
@@ -67,10 +68,8 @@ def _load_file(module: str, base_dir: Path) -> ModuleType:
             raise
         raise ReferenceProblem(f"importing {module!r} raised {_describe(exc)}") from exc
     finally:
-        try:
+        with contextlib.suppress(ValueError):
             sys.path.remove(str(path.parent))
-        except ValueError:
-            pass
     _FILE_MODULES[path] = mod
     return mod
 
@@ -113,7 +112,7 @@ def resolve_callable(ref: str, base_dir: Path) -> Callable[..., Any]:
     obj = resolve(ref, base_dir)
     if not callable(obj):
         raise ReferenceProblem(f"{ref!r} is a {type(obj).__name__}, not something callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:

@@ -7,6 +7,7 @@ every probe of an audit sees the same data, in its own seeded order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from importlib import resources
 
 import torch
@@ -95,4 +96,5 @@ def _positive(**values: int) -> None:
             raise ValueError(f"{name} must be positive, got {value}")
 
 
-DATASETS = {"blobs": blobs, "regression": regression, "text": text, "images": images}
+DATASETS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "blobs": blobs, "regression": regression, "text": text, "images": images}

@@ -59,7 +59,7 @@ def end_loss(loss: np.ndarray, fraction: float = 0.05, minimum: int = 5) -> floa
     finite = loss[np.isfinite(loss)]
     if finite.size == 0:
         return float("nan")
-    count = max(minimum, int(round(fraction * finite.size)))
+    count = max(minimum, round(fraction * finite.size))
     return float(np.median(finite[-count:]))
 
 

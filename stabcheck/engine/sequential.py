@@ -23,7 +23,7 @@ import gc
 import sysconfig
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +92,10 @@ class SequentialProbe:
         self.model = problem.build_model().to(self.device)
         self.model.train()
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in named]
+        self.params: list[torch.Tensor] = [p for _, p in named]
         self.layers = LayerMap.from_names(n for n, _ in named)
         self.layer_index = self.layers.index_tensor(self.device)
-        self.optimizer = problem.make_optimizer(self.params, spec.lr)
+        self.optimizer = problem.make_optimizer([p for _, p in named], spec.lr)
         self.order = batch_order(spec.seed, data.n, spec.batch_size, settings.steps).to(self.device)
         self.lrs = (spec.lr * warmup_factors(settings.steps, settings.warmup_steps)).tolist()
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.dtype == "float16" \
@@ -106,10 +106,11 @@ class SequentialProbe:
             self.param_norm = self._norm(self.params)
 
     @staticmethod
-    def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         # Accumulate in float64: a float32 sum of squares overflows once elements pass ~1e19
         # and would report a finite (if exploding) gradient as infinite.
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).square().sum().sqrt()
+        norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float64)
+        return torch.stack(list(norms)).square().sum().sqrt()
 
     def forward_loss(self, step: int) -> torch.Tensor:
         """The loss of step ``step``'s batch under the current weights."""
@@ -154,7 +155,7 @@ class SequentialProbe:
             skipped = torch.zeros((), device=self.device)
 
         with torch.no_grad():
-            update_norm = self._norm(torch._foreach_sub(self.params, before))
+            update_norm = self._norm(torch._foreach_sub(self.params, list(before)))
             new_norm = self._norm(self.params)
             ratio = update_norm / self.param_norm.clamp(min=1e-30)
             self.param_norm = new_norm
@@ -203,56 +204,46 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
                          index=spec.index, key=key, outcome="completed",
                          steps_planned=settings.steps, steps_run=0, engine="sequential")
     probe: SequentialProbe | None = None
-    host_stats = host_layers = None
+    done = 0  # steps finished so far; on an exception, these are kept
     try:
         probe = SequentialProbe(problem, spec, settings, data)
         record.layer_names = list(probe.layers.names)
         snap = probe.snapshot(0)
         deadline = started + settings.timeout_s if settings.timeout_s else None
-        steps_run = settings.steps
         for t in range(settings.steps):
             probe.step(t)
+            done = t + 1
             if deadline is not None and time.perf_counter() > deadline:
-                probe.buffer.flush(t + 1)
-                steps_run = t + 1
                 raise ProbeTimeout(f"probe ran past probe.timeout_s={settings.timeout_s:g}s "
                                    f"at step {t}")
-            if (t + 1) % settings.flush_every == 0 or t + 1 == settings.steps:
-                chunk, _ = probe.buffer.flush(t + 1)
+            if done % settings.flush_every == 0 or done == settings.steps:
+                chunk, _ = probe.buffer.flush(done)
                 if on_steps is not None:
                     on_steps(chunk.shape[0])
                 bad = first_nonfinite(chunk)
                 if bad is not None:
-                    bad_step = probe.buffer.flushed - chunk.shape[0] + bad.row
-                    steps_run = bad_step + 1
+                    bad_step = done - chunk.shape[0] + bad.row
+                    done = bad_step + 1
                     record.outcome = "nonfinite"
                     record.first_nonfinite_step = bad_step
                     record.nonfinite_what = bad.what
                     record.nonfinite_kind = bad.kind
                     record.nonfinite_module = locate_nonfinite(probe, snap, bad_step, bad.what)
                     break
-                snap = probe.snapshot(t + 1)
-        host_stats, host_layers = probe.buffer.host_stats, probe.buffer.host_layers
-        record.steps_run = steps_run
+                snap = probe.snapshot(done)
     except ProbeTimeout as exc:
         record.outcome = "timeout"
         record.error = {"type": "Timeout", "message": str(exc), "where": None}
-        if probe is not None:
-            host_stats, host_layers = probe.buffer.host_stats, probe.buffer.host_layers
-            record.steps_run = probe.buffer.flushed
     except Exception as exc:  # the probe fails; the audit goes on
         record.outcome = "oom" if is_oom(exc) else "error"
         record.error = describe_exception(exc)
-        if probe is not None:
-            with contextlib.suppress(Exception):
-                probe.buffer.flush(probe.buffer.flushed)
-            host_stats, host_layers = probe.buffer.host_stats, probe.buffer.host_layers
-            record.steps_run = probe.buffer.flushed
-    finally:
-        del probe
-        free_memory(problem.device)
-    if host_stats is not None and host_layers is not None:
-        fill_trace(record, host_stats[: record.steps_run], host_layers[: record.steps_run])
+    record.steps_run = done
+    if probe is not None:
+        with contextlib.suppress(Exception):  # after an OOM even a copy may fail
+            probe.buffer.flush(max(done, probe.buffer.flushed))
+        fill_trace(record, probe.buffer.host_stats[:done], probe.buffer.host_layers[:done])
+    del probe
+    free_memory(problem.device)
     record.wall_time_s = time.perf_counter() - started
     return record
 

@@ -26,7 +26,7 @@ def renderer(fmt: str) -> Callable[[AuditResult], str]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     module = import_module(f"stabcheck.report.{FORMATS[fmt]}")
-    return module.render  # type: ignore[no-any-return]
+    return module.render
 
 
 def render(result: AuditResult, fmt: str) -> str:

@@ -1,0 +1,1 @@
+"""Speed benchmarks: each prints wall times and ratios measured side by side in one run."""

@@ -1,0 +1,209 @@
+"""The command line: exit codes, output streams and one-line errors (through CliRunner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stabcheck import __version__
+from stabcheck.cli import cli
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_version(runner: CliRunner) -> None:
+    result = invoke(runner, "--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_exit_0_and_json_on_stdout(runner: CliRunner, write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = invoke(runner, "audit", write_config(), "--out", tmp_path / "r", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout holds nothing but the JSON report
+    assert report["verdict"] == "passed" and report["exit_code"] == 0
+    assert report["schema_version"] == 1
+    assert len(report["probes"]) == 4
+    assert {p["status"] for p in report["probes"]} == {"healthy"}
+    assert "Verdict: PASSED" in result.stderr  # the human report went to stderr
+    on_disk = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert on_disk["probes"] == report["probes"]
+
+
+def test_exit_1_on_divergence_and_exit_zero(runner: CliRunner, write_config,
+                                            tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = write_config({"sweep": {"learning_rates": [0.01, 1e4]}})
+    result = invoke(runner, "audit", path, "--out", tmp_path / "a")
+    assert result.exit_code == 1
+    assert "SC101" in result.stderr and "Verdict: FAILED" in result.stderr
+    result = invoke(runner, "audit", path, "--out", tmp_path / "b", "--exit-zero")
+    assert result.exit_code == 0
+    result = invoke(runner, "audit", path, "--out", tmp_path / "c", "--fail-on", "never")
+    assert result.exit_code == 0
+
+
+def test_exit_2_on_config_error_is_one_line_per_problem(runner: CliRunner, write_config,
+                                                        tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = write_config({"sweep": {"lerning_rates": [0.1]}})
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {path}:") and "did you mean 'learning_rates'" in lines[-1]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()  # nothing ran
+
+
+def test_exit_2_on_usage_error(runner: CliRunner, write_config) -> None:  # type: ignore[no-untyped-def]
+    result = invoke(runner, "audit", write_config(), "--lr", "0.1,-3")
+    assert result.exit_code == 2 and "must be positive" in result.stderr
+    result = invoke(runner, "audit", write_config(), "--no-such-flag")
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("text", [
+    "- just\n- a list\n",
+    "name: !!python/object/apply:os.system ['true']\n",
+])
+def test_exit_2_on_hostile_or_malformed_yaml(runner: CliRunner, write_config, text: str) -> None:  # type: ignore[no-untyped-def]
+    result = invoke(runner, "audit", write_config(text=text))
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_exit_2_on_directory(runner: CliRunner, tmp_path: Path) -> None:
+    result = invoke(runner, "audit", tmp_path)
+    assert result.exit_code == 2 and "is a directory" in result.stderr
+
+
+def test_exit_2_on_batch_size_larger_than_data(runner: CliRunner, write_config) -> None:  # type: ignore[no-untyped-def]
+    result = invoke(runner, "audit", write_config(), "--batch-size", "1000")
+    assert result.exit_code == 2
+    assert "<command line>: sweep.batch_sizes[0]: batch size 1000 is larger" in result.stderr
+
+
+def test_exit_3_when_user_code_raises_while_building(runner: CliRunner, write_config,
+                                                     write_module) -> None:  # type: ignore[no-untyped-def]
+    write_module("bad.py", "def build():\n    raise RuntimeError('no GPU driver')\n")
+    path = write_config({"model": {"builtin": None, "factory": "./bad.py:build", "kwargs": {}}})
+    result = invoke(runner, "audit", path)
+    assert result.exit_code == 3
+    assert "the model factory raised RuntimeError: no GPU driver" in result.stderr
+
+
+def test_exit_3_when_too_few_probes_finish(runner: CliRunner, write_config, write_module,
+                                           tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_module("fails.py", """
+        from torch import nn
+        class Fails(nn.Linear):
+            calls = 0
+            def forward(self, x):
+                Fails.calls += 1
+                if Fails.calls > 1:  # the trial forward passes, every probe fails
+                    raise ValueError("broken")
+                return super().forward(x)
+        def build():
+            return Fails(4, 3)
+    """)
+    path = write_config({"model": {"builtin": None, "factory": "./fails.py:build", "kwargs": {}}})
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r", "--format", "json")
+    assert result.exit_code == 3
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "not_carried_out"
+    assert {p["status"] for p in report["probes"]} == {"error"}
+
+
+def test_exit_130_on_interrupt_with_incomplete_report(runner: CliRunner, write_config,
+                                                      write_module, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_module("interrupt.py", """
+        from torch import nn
+        class Interrupts(nn.Linear):
+            calls = 0
+            def forward(self, x):
+                Interrupts.calls += 1
+                if Interrupts.calls > 30:  # part-way through the third probe
+                    raise KeyboardInterrupt
+                return super().forward(x)
+        def build():
+            return Interrupts(4, 3)
+    """)
+    path = write_config({"model": {"builtin": None, "factory": "./interrupt.py:build",
+                                   "kwargs": {}}})
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r", "--format", "json")
+    assert result.exit_code == 130
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["verdict"] == "incomplete" and report["complete"] is False
+    assert len(report["probes"]) == 2  # the two finished probes were kept
+    assert "INCOMPLETE" in result.stderr
+
+
+def test_validate(runner: CliRunner, write_config) -> None:  # type: ignore[no-untyped-def]
+    result = invoke(runner, "validate", write_config())
+    assert result.exit_code == 0 and "ok — 4 probes" in result.stderr
+    result = invoke(runner, "validate", write_config({"model": {"kwargs": {"widht": 3}}}))
+    assert result.exit_code == 2
+
+
+def test_validate_user_code_error_is_exit_2(runner: CliRunner, write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+    write_module("bad.py", "def build():\n    raise RuntimeError('boom')\n")
+    path = write_config({"model": {"builtin": None, "factory": "./bad.py:build", "kwargs": {}}})
+    assert invoke(runner, "validate", path).exit_code == 2
+
+
+def test_init_writes_a_config_that_validates(runner: CliRunner, tmp_path: Path) -> None:
+    target = tmp_path / "stabcheck.yaml"
+    assert invoke(runner, "init", target).exit_code == 0
+    assert "# stabcheck config" in target.read_text()
+    assert invoke(runner, "validate", target).exit_code == 0
+    assert invoke(runner, "init", target).exit_code == 2  # refuses to overwrite
+    assert invoke(runner, "init", target, "--force").exit_code == 0
+
+
+def test_explain(runner: CliRunner) -> None:
+    listing = invoke(runner, "explain")
+    assert listing.exit_code == 0 and "SC101" in listing.stdout
+    detail = invoke(runner, "explain", "SC102")
+    assert "divergence_factor = 4.0" in detail.stdout and "fastai" in detail.stdout
+    assert invoke(runner, "explain", "non-finite").exit_code == 0
+    unknown = invoke(runner, "explain", "SC1O1")
+    assert unknown.exit_code == 2 and "did you mean 'SC101'" in unknown.stderr
+
+
+def test_report_rerenders_from_results_dir(runner: CliRunner, write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    first = invoke(runner, "audit", write_config(), "--out", out, "--format", "json")
+    again = invoke(runner, "report", out, "--format", "json")
+    assert again.exit_code == 0
+    a, b = json.loads(first.stdout), json.loads(again.stdout)
+    a.pop("timings"), b.pop("timings")
+    assert a == b
+
+
+def test_existing_results_dir_is_not_clobbered(runner: CliRunner, write_config,
+                                               tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    assert invoke(runner, "audit", write_config(), "--out", out).exit_code == 0
+    again = invoke(runner, "audit", write_config(), "--out", out)
+    assert again.exit_code == 2 and "already holds an audit" in again.stderr
+    assert invoke(runner, "audit", write_config(), "--out", out, "--overwrite").exit_code == 0
+
+
+def test_python_dash_m(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "stabcheck", "--version"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and __version__ in proc.stdout
+    # A fresh interpreter imports in the CLI's own order (catches circular imports).
+    proc = subprocess.run([sys.executable, "-m", "stabcheck", "explain", "SC101"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "SC101 non-finite" in proc.stdout
