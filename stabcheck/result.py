@@ -16,6 +16,7 @@ import torch
 
 from stabcheck import __version__
 from stabcheck.diagnose import Diagnosis, diagnose
+from stabcheck.diagnose.context import Context
 from stabcheck.journal import JournalContents
 from stabcheck.thresholds import Thresholds
 from stabcheck.verdict import Verdict, decide
@@ -101,7 +102,7 @@ def build_result(contents: JournalContents, interrupted: bool = False,
     th = thresholds or Thresholds.model_validate(config.get("thresholds", {}))
     fail_on = fail_on or config.get("fail_on", "error")
     records = list(contents.probes.values())
-    diagnosis = diagnose(records, th, config.get("target_lr"))
+    diagnosis = diagnose(records, Context(thresholds=th, config=config, init=contents.init))
     planned = int(header.get("planned", len(records)))
     verdict = decide(diagnosis.findings, [r.outcome for r in records], planned, fail_on,
                      th.min_finished_fraction, interrupted=interrupted, exit_zero=exit_zero)

@@ -1,20 +1,24 @@
 """From probe records to findings, probe statuses and the sweep summary.
 
 Pure functions only: no torch, no I/O. Each family lives in its own module and registers its
-finding codes on import; :func:`diagnose` runs them all.
+finding codes on import; :func:`diagnose` runs them all:
+
+* :data:`PROBE_DETECTORS` — ``(record, ctx) -> list[Finding]``, one probe at a time;
+* :data:`SWEEP_ANALYSES` — ``(probes, ctx) -> (summary part, findings)``, the whole grid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from stabcheck.diagnose import execution, numerics, sweep
+from stabcheck.diagnose.context import Context
 from stabcheck.findings import Finding, Severity, sort_findings
 from stabcheck.records import ProbeRecord
-from stabcheck.thresholds import Thresholds
 
 STATUSES = ("healthy", "unstable", "diverged", "error", "timeout", "oom")
 
@@ -73,16 +77,24 @@ def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
     return "healthy"
 
 
-def diagnose(records: list[ProbeRecord], thresholds: Thresholds,
-             target_lr: float | None = None) -> Diagnosis:
-    """Run every detector over every probe, then the sweep-level analysis."""
+ProbeDetector = Callable[[ProbeRecord, Context], list[Finding]]
+SweepAnalysis = Callable[[list[ProbeDiagnosis], Context], tuple[dict[str, Any], list[Finding]]]
+
+PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, execution.detect]
+SWEEP_ANALYSES: list[SweepAnalysis] = [sweep.analyse, execution.analyse]
+
+
+def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
+    """Run every detector over every probe, then every sweep-level analysis."""
     probes: list[ProbeDiagnosis] = []
     for record in sorted(records, key=lambda r: r.index):
-        found = numerics.detect(record, thresholds) + execution.detect(record)
+        found = [f for detect in PROBE_DETECTORS for f in detect(record, ctx)]
         probes.append(ProbeDiagnosis(record, probe_status(record, found), probe_stats(record),
                                      found))
     findings = [f for p in probes for f in p.findings]
-    findings += execution.detect_oom(records)
-    summary, sweep_findings = sweep.analyse(probes, thresholds, target_lr)
-    findings += sweep_findings
+    summary: dict[str, Any] = {}
+    for analyse in SWEEP_ANALYSES:
+        part, sweep_findings = analyse(probes, ctx)
+        summary.update(part)
+        findings += sweep_findings
     return Diagnosis(probes=probes, findings=sort_findings(findings), summary=summary)

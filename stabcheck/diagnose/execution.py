@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
+from stabcheck.diagnose.context import Context
 from stabcheck.findings import CodeInfo, Finding, Severity, make, register
 from stabcheck.records import ProbeRecord
+
+if TYPE_CHECKING:
+    from stabcheck.diagnose import ProbeDiagnosis
 
 register(CodeInfo(
     code="SC801", name="probe-error", title="User code raised during a probe",
@@ -50,7 +55,7 @@ register(CodeInfo(
 _CODES = {"error": "SC801", "timeout": "SC802", "oom": "SC803"}
 
 
-def detect(record: ProbeRecord) -> list[Finding]:
+def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     """One finding per probe that errored or timed out (OOMs are grouped by batch size)."""
     if record.outcome not in ("error", "timeout"):
         return []
@@ -62,12 +67,13 @@ def detect(record: ProbeRecord) -> list[Finding]:
                  probes=[record.index], steps=[record.steps_run])]
 
 
-def detect_oom(records: list[ProbeRecord]) -> list[Finding]:
-    """One finding per batch size that ran out of memory, naming the probes."""
+def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
+    """One SC803 per batch size that ran out of memory; the summary lists those sizes."""
     by_bs: dict[int, list[ProbeRecord]] = defaultdict(list)
-    for r in records:
-        if r.outcome == "oom":
-            by_bs[r.batch_size].append(r)
-    return [make("SC803", f"batch size {bs} ran out of memory in {len(rs)} probe(s)",
-                 probes=[r.index for r in rs], value=float(bs))
-            for bs, rs in sorted(by_bs.items())]
+    for p in probes:
+        if p.record.outcome == "oom":
+            by_bs[p.record.batch_size].append(p.record)
+    findings = [make("SC803", f"batch size {bs} ran out of memory in {len(rs)} probe(s)",
+                     probes=[r.index for r in rs], value=float(bs))
+                for bs, rs in sorted(by_bs.items())]
+    return {"oom_batch_sizes": sorted(by_bs)}, findings

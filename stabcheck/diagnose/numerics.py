@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from stabcheck.diagnose.context import Context
 from stabcheck.findings import CodeInfo, Finding, Severity, make, register
 from stabcheck.records import ProbeRecord
-from stabcheck.thresholds import Thresholds
 
 register(CodeInfo(
     code="SC101", name="non-finite", title="Loss, gradient or weights became NaN/Inf",
@@ -72,8 +72,9 @@ def diverged_without_nan(loss: np.ndarray, factor: float) -> tuple[bool, float]:
     return bool(ratio > factor), float(ratio)
 
 
-def detect(record: ProbeRecord, th: Thresholds) -> list[Finding]:
+def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     """SC101 for a probe that went non-finite; SC102 for one whose loss ran away."""
+    th = ctx.thresholds
     if record.outcome == "nonfinite" and record.first_nonfinite_step is not None:
         step = record.first_nonfinite_step
         what = record.nonfinite_what or "value"

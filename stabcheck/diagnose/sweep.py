@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
+from stabcheck.diagnose.context import Context
 from stabcheck.findings import Finding
-from stabcheck.thresholds import Thresholds
 
 if TYPE_CHECKING:
     from stabcheck.diagnose import ProbeDiagnosis
@@ -31,8 +31,7 @@ def max_stable_lr(probes: list[ProbeDiagnosis]) -> dict[int, float | None]:
     return out
 
 
-def analyse(probes: list[ProbeDiagnosis], th: Thresholds,
-            target_lr: float | None) -> tuple[dict[str, Any], list[Finding]]:
+def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
     """The sweep summary (for reports and JSON) and sweep-level findings."""
     counts = Counter(p.status for p in probes)
     summary: dict[str, Any] = {
