@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings, SequentialEngine
+from stabcheck.engine.initcheck import initial_checks
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
@@ -94,6 +95,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
         done = set(contents.probes)
     else:
         journal = Journal.create(out_dir, header, overwrite=options.overwrite)
+        contents = JournalContents(header=header)
         done = set()
     todo = [p for p in probes if p.key(digest) not in done]
     keys = {p.index: p.key(digest) for p in probes}
@@ -109,6 +111,8 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
             journal.append_probe(record)  # durable before anything else happens
             progress.probe_done(record)
 
+        for seed in sorted({p.seed for p in probes} - set(contents.init)):
+            journal.append_init(seed, initial_checks(problem, seed, data))
         for cohort in make_cohorts(todo):
             engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
     except KeyboardInterrupt:
