@@ -53,7 +53,20 @@ def _kurtosis(weight: torch.Tensor) -> float:
 
 
 def initial_checks(problem: Problem, seed: int, data: TensorData) -> dict[str, Any]:
-    """The before-training report of one seed: loss, layers and activations at init."""
+    """The before-training report of one seed; ``{"error": ...}`` when user code fails.
+
+    A model that cannot run one forward/backward here will fail its probes too, where the
+    failure is reported per probe; the init report only notes it.
+    """
+    from stabcheck.engine.sequential import describe_exception
+
+    try:
+        return _initial_checks(problem, seed, data)
+    except Exception as exc:
+        return {"error": describe_exception(exc)}
+
+
+def _initial_checks(problem: Problem, seed: int, data: TensorData) -> dict[str, Any]:
     seed_everything(seed)
     model = problem.build_model().to(problem.device)
     model.train()
