@@ -198,6 +198,10 @@ class AuditConfig(_Strict):
     probe: ProbeSection = Field(default_factory=ProbeSection)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     target_lr: float | None = Field(None, gt=0, description="the LR intended for the real run")
+    target_batch_size: int | None = Field(None, gt=0, description="the batch size of the real "
+                                          "run; the stability margin is judged at the nearest "
+                                          "swept batch size (default: the smallest margin "
+                                          "over all of them)")
     fail_on: Literal["error", "warning", "never"] = "error"
 
     @field_validator("loss")

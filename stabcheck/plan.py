@@ -69,10 +69,11 @@ def make_cohorts(probes: list[ProbeSpec], max_size: int | None = None) -> list[C
 def config_digest(config: AuditConfig) -> str:
     """A digest of everything in the config that changes what a probe computes.
 
-    ``fail_on``, ``thresholds``, ``target_lr`` and ``name`` only change the verdict, which is
-    recomputed from the journal, so they are left out: tightening a threshold can resume.
+    ``fail_on``, ``thresholds``, ``target_lr``, ``target_batch_size`` and ``name`` only change
+    the verdict, which is recomputed from the journal, so they are left out: tightening a
+    threshold can resume.
     """
-    data: dict[str, Any] = config.model_dump(mode="json", exclude={"fail_on", "thresholds",
-                                                                     "target_lr", "name"})
+    volatile = {"fail_on", "thresholds", "target_lr", "target_batch_size", "name"}
+    data: dict[str, Any] = config.model_dump(mode="json", exclude=volatile)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -62,9 +62,9 @@ class Thresholds(BaseModel):
     stability_margin: float = Field(2.0, ge=1, description="max stable LR / target_lr under "
                                     "which the target LR is too close to the divergence "
                                     "boundary (stabcheck: 2x).")
-    seed_spread: float = Field(0.5, gt=0, description="(max - min) / median of the final loss "
-                               "across seeds of a healthy cell above which the result depends "
-                               "on the seed (stabcheck).")
+    seed_spread: float = Field(0.5, gt=0, description="(max - min) of the final loss across "
+                               "the seeds of a healthy cell, over how far the loss fell, above "
+                               "which the result depends on the seed (stabcheck).")
     min_finished_fraction: float = Field(0.5, gt=0, le=1, description="fraction of probes that "
                                          "must finish for the audit to reach a verdict "
                                          "(stabcheck).")

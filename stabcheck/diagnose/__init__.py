@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from stabcheck.diagnose import execution, numerics, sweep
+from stabcheck.diagnose import (
+    clipping,
+    dynamics,
+    execution,
+    gradients,
+    init,
+    numerics,
+    spikes,
+    sweep,
+)
 from stabcheck.diagnose.context import Context
 from stabcheck.findings import Finding, Severity, sort_findings
 from stabcheck.records import ProbeRecord
@@ -80,21 +89,25 @@ def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
 ProbeDetector = Callable[[ProbeRecord, Context], list[Finding]]
 SweepAnalysis = Callable[[list[ProbeDiagnosis], Context], tuple[dict[str, Any], list[Finding]]]
 
-PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, execution.detect]
-SWEEP_ANALYSES: list[SweepAnalysis] = [sweep.analyse, execution.analyse]
+PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, spikes.detect, dynamics.detect,
+                                         gradients.detect, clipping.detect, execution.detect]
+SWEEP_ANALYSES: list[SweepAnalysis] = [sweep.analyse, clipping.analyse, gradients.analyse,
+                                       init.analyse, execution.analyse]
 
 
 def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
     """Run every detector over every probe, then every sweep-level analysis."""
-    probes: list[ProbeDiagnosis] = []
-    for record in sorted(records, key=lambda r: r.index):
-        found = [f for detect in PROBE_DETECTORS for f in detect(record, ctx)]
-        probes.append(ProbeDiagnosis(record, probe_status(record, found), probe_stats(record),
-                                     found))
+    ordered = sorted(records, key=lambda r: r.index)
+    per_probe = {r.index: [f for detect in PROBE_DETECTORS for f in detect(r, ctx)]
+                 for r in ordered}
+    dynamics.relax_low_lr_stagnation(ordered, per_probe, ctx)
+    probes = [ProbeDiagnosis(r, probe_status(r, per_probe[r.index]), probe_stats(r),
+                             per_probe[r.index]) for r in ordered]
     findings = [f for p in probes for f in p.findings]
     summary: dict[str, Any] = {}
     for analyse in SWEEP_ANALYSES:
         part, sweep_findings = analyse(probes, ctx)
         summary.update(part)
         findings += sweep_findings
+    summary["recommendations"] = sweep.recommendations(summary, findings, probes, ctx)
     return Diagnosis(probes=probes, findings=sort_findings(findings), summary=summary)

@@ -23,6 +23,12 @@ class Context:
         return float(value) if value is not None else None
 
     @property
+    def target_batch_size(self) -> int | None:
+        """The batch size of the real run, if given."""
+        value = self.config.get("target_batch_size")
+        return int(value) if value is not None else None
+
+    @property
     def optimizer(self) -> tuple[str, dict[str, Any]]:
         """Optimizer name and kwargs (``("sgd", {})`` when not configured)."""
         opt = self.config.get("optimizer") or {}

@@ -84,3 +84,31 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
             probes=[record.index], steps=[record.steps_run // 2], value=z,
             threshold=th.oscillation_z))
     return findings
+
+
+def relax_low_lr_stagnation(records: list[ProbeRecord], findings: dict[int, list[Finding]],
+                            ctx: Context) -> None:
+    """Make SC203 informational where the LR is merely too small for the probe's length.
+
+    A probe stagnates harmlessly when a larger LR at the same batch size and seed did train
+    (its loss fell by at least the threshold, without a warning or error of its own); then the
+    small LR is slow, not unstable. Stagnation above every LR that trains stays a warning.
+    """
+    threshold = ctx.thresholds.stagnation_min_decrease
+
+    def trained(r: ProbeRecord) -> bool:
+        decrease = relative_decrease(r.series("loss"))
+        return (r.outcome == "completed" and np.isfinite(decrease) and decrease >= threshold
+                and not any(f.severity.rank >= Severity.WARNING.rank
+                            for f in findings[r.index]))
+
+    for record in records:
+        for i, f in enumerate(findings[record.index]):
+            if f.code != "SC203" or f.severity != Severity.WARNING:
+                continue
+            if any(trained(other) for other in records
+                   if other.batch_size == record.batch_size and other.seed == record.seed
+                   and other.lr > record.lr):
+                f.severity = Severity.INFO
+                f.message += "; a larger LR trains, so this LR is only slow"
+                findings[record.index][i] = f

@@ -1,0 +1,206 @@
+"""Gradients: explosion (sustained growth, spikes) and vanishing through depth.
+
+All measured on the gradient norm *before* clipping, which is what the engines record.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stabcheck.diagnose.context import Context
+from stabcheck.diagnose.layers import dense_layers, rms, training_rms
+from stabcheck.diagnose.series import find_spikes, quarter_medians
+from stabcheck.findings import CodeInfo, Finding, Severity, make, register
+from stabcheck.records import ProbeRecord
+
+if TYPE_CHECKING:
+    from stabcheck.diagnose import ProbeDiagnosis
+
+_DEPTH_SOURCE = ("Bengio, Simard & Frasconi, 'Learning long-term dependencies with gradient "
+                 "descent is difficult' (1994); Hochreiter (1991); Glorot & Bengio, "
+                 "'Understanding the difficulty of training deep feedforward neural networks' "
+                 "(AISTATS 2010). Background: gradient-stability.md.")
+
+register(CodeInfo(
+    code="SC301", name="gradient-growth", title="Gradient norm grows steadily",
+    severity=Severity.WARNING, family="gradients",
+    explanation=(
+        "The gradient norm at the end of the probe is many times what it was at the start, "
+        "and the loss has not (yet) blown up. In a healthy run the gradient norm falls or "
+        "levels off as the loss falls; sustained growth means the weights are moving into "
+        "sharper regions (progressive sharpening) or an output scale is running away, and is "
+        "what precedes divergence in longer runs. Measured as the median norm over the last "
+        "quarter of steps over that of the first quarter, before clipping."),
+    source=("Pascanu, Mikolov & Bengio, 'On the difficulty of training recurrent neural "
+            "networks' (ICML 2013), on exploding gradients and clipping; the 10x factor is "
+            "stabcheck's."),
+    recommendation="Lower the learning rate or clip gradients at the recommended threshold; "
+                   "check that the loss and the last layer's output scale are normalised.",
+    thresholds=("grad_growth_factor",), config_key="probe.grad_clip",
+))
+
+register(CodeInfo(
+    code="SC302", name="gradient-spike", title="Gradient-norm spikes",
+    severity=Severity.WARNING, family="gradients",
+    explanation=(
+        "The gradient norm jumped far above its recent trend (the same rolling robust "
+        "z-score as loss spikes). A gradient spike that the loss does not show yet is the "
+        "earliest sign of an unstable step: with clipping it is absorbed, without it the "
+        "step size is multiplied by the spike."),
+    source=("OLMo-core StabilityMonitorCallback (6 sigma over 128 steps); Team OLMo, "
+            "'OLMo 2 Furious' (2024), on gradient-norm spikes; Pascanu et al. 2013."),
+    recommendation="Clip gradients at the recommended threshold (probe.grad_clip) and check "
+                   "the data for outliers at the spiking steps.",
+    thresholds=("spike_sigma", "spike_window", "spike_min_history", "spike_min_range_fraction"),
+    config_key="probe.grad_clip",
+))
+
+register(CodeInfo(
+    code="SC303", name="vanishing-gradients", title="Gradients vanish through depth",
+    severity=Severity.WARNING, family="gradients",
+    explanation=(
+        "The RMS gradient of the first weight layer is orders of magnitude below that of the "
+        "last. Backpropagation multiplies the gradient by each layer's Jacobian; with "
+        "saturating activations (sigmoid's derivative is at most 1/4) or a too-small init the "
+        "product shrinks geometrically with depth, so the early layers barely learn. Checked "
+        "at init and as the median over training. The layers named are those whose RMS "
+        "gradient is below the threshold times the largest layer's."),
+    source=_DEPTH_SOURCE,
+    recommendation="Use ReLU-family activations with He (Kaiming) init, add residual "
+                   "connections and normalisation layers, or reduce depth.",
+    thresholds=("vanishing_ratio",), config_key="model.kwargs",
+))
+
+register(CodeInfo(
+    code="SC304", name="zero-gradient-layer", title="Layers with exactly zero gradient",
+    severity=Severity.WARNING, family="gradients",
+    explanation=(
+        "Some layers received a gradient of exactly zero at every step: they are not "
+        "connected to the loss (an unused module, a detached tensor), or every unit in them "
+        "is dead. Their weights never change."),
+    source="Lu et al., 'Dying ReLU and initialization: theory and numerical examples' (2019); "
+           "background: gradient-stability.md.",
+    recommendation="Check that the layers named are used in forward() and not behind "
+                   ".detach() or torch.no_grad(); freeze them explicitly if that is intended.",
+    config_key="model",
+))
+
+
+def _layer_sizes(ctx: Context, seed: int) -> dict[str, int]:
+    init = ctx.init.get(seed) or {}
+    return {layer["name"]: int(layer["size"]) for layer in dense_layers(init.get("layers", []))}
+
+
+def grad_spikes_and_growth(record: ProbeRecord, ctx: Context) -> list[Finding]:
+    """SC301 and SC302 for one probe."""
+    th = ctx.thresholds
+    grad = record.series("grad_norm")
+    findings: list[Finding] = []
+    if record.outcome == "completed":
+        first, last = quarter_medians(grad)
+        if np.isfinite(first) and first > 0 and last / first > th.grad_growth_factor:
+            findings.append(make(
+                "SC301", f"gradient norm grew {last / first:.0f}x, from a median of "
+                         f"{first:.3g} in the first quarter to {last:.3g} in the last "
+                         f"({record.label})",
+                probes=[record.index], steps=[record.steps_run - 1], value=last / first,
+                threshold=th.grad_growth_factor))
+    if record.outcome in ("completed", "nonfinite"):
+        spikes = find_spikes(grad, th.spike_sigma, th.spike_window, th.spike_min_history,
+                             th.spike_min_range_fraction, th.spike_recovery_steps)
+        if spikes:
+            worst = max(spikes, key=lambda s: s.zscore)
+            steps = [s.step for s in spikes]
+            shown = ", ".join(map(str, steps[:8])) + (" …" if len(steps) > 8 else "")
+            peak = float(np.nanmax(grad[steps]))
+            findings.append(make(
+                "SC302", f"{len(spikes)} gradient-norm spike(s) at step {shown} (peak "
+                         f"{peak:.3g}, worst {worst.zscore:.0f} sigma, "
+                         f"{len(spikes) / max(record.steps_run, 1):.1%} of steps) "
+                         f"({record.label})",
+                probes=[record.index], steps=steps, value=worst.zscore,
+                threshold=th.spike_sigma))
+    return findings
+
+
+def flow(record: ProbeRecord, ctx: Context) -> list[Finding]:
+    """SC303 during training and SC304 for one probe."""
+    if record.outcome not in ("completed", "nonfinite") or record.steps_run == 0:
+        return []
+    findings: list[Finding] = []
+    matrix = record.layer_matrix()
+    zero = [name for j, name in enumerate(record.layer_names)
+            if matrix.shape[0] and np.all(matrix[:, j] == 0)]
+    if zero:
+        findings.append(make(
+            "SC304", f"{len(zero)} layer(s) got exactly zero gradient at every step: "
+                     f"{', '.join(zero[:6])}{' …' if len(zero) > 6 else ''} ({record.label})",
+            probes=[record.index], value=float(len(zero))))
+    sizes = _layer_sizes(ctx, record.seed)
+    per_layer = training_rms(record.layer_names, matrix, sizes)
+    verdict = vanishing(per_layer, ctx.thresholds.vanishing_ratio)
+    if verdict is not None:
+        ratio, names = verdict
+        findings.append(make(
+            "SC303", f"during training the first layer's RMS gradient is {ratio:.1e} of the "
+                     f"last's; near zero: {_names(names)} ({record.label})",
+            probes=[record.index], value=ratio, threshold=ctx.thresholds.vanishing_ratio))
+    return findings
+
+
+def vanishing(per_layer: dict[str, float], threshold: float
+              ) -> tuple[float, list[str]] | None:
+    """(first/last RMS ratio, near-zero layers) when gradients vanish through depth, else None.
+
+    ``per_layer`` maps dense layers, in depth order, to their RMS gradient.
+    """
+    values = [(n, v) for n, v in per_layer.items() if np.isfinite(v)]
+    if len(values) < 3:
+        return None  # depth 1-2 cannot show vanishing through depth
+    first, last = values[0][1], values[-1][1]
+    if last <= 0:
+        return None
+    ratio = first / last
+    if ratio >= threshold:
+        return None
+    top = max(v for _, v in values)
+    near_zero = [n for n, v in values if v < threshold * top]
+    return ratio, near_zero
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
+    """Every per-probe gradient finding."""
+    return grad_spikes_and_growth(record, ctx) + flow(record, ctx)
+
+
+def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
+    """SC303 at init (once, over the seeds whose init shows it) and the per-layer summary."""
+    th = ctx.thresholds
+    hits: dict[int, tuple[float, list[str]]] = {}
+    flow_at_init: dict[str, Any] = {}
+    for seed, report in sorted(ctx.init.items()):
+        layers = dense_layers(report.get("layers", []))
+        per_layer = {layer["name"]: rms(layer.get("grad_norm"), int(layer["size"]))
+                     for layer in layers}
+        values = [v for v in per_layer.values() if np.isfinite(v)]
+        if len(values) >= 2 and values[-1] > 0:
+            flow_at_init[str(seed)] = float(f"{values[0] / values[-1]:.4g}")
+        verdict = vanishing(per_layer, th.vanishing_ratio)
+        if verdict is not None:
+            hits[seed] = verdict
+    findings: list[Finding] = []
+    if hits:
+        ratio = min(r for r, _ in hits.values())
+        names = sorted({n for _, ns in hits.values() for n in ns},
+                       key=lambda n: [x for _, ns in hits.values() for x in ns].index(n))
+        findings.append(make(
+            "SC303", f"at init the first layer's RMS gradient is {ratio:.1e} of the last's "
+                     f"(seeds {', '.join(map(str, hits))}); near zero: {_names(names)}",
+            steps=[0], value=ratio, threshold=th.vanishing_ratio))
+    return {"gradient_flow_at_init": flow_at_init}, findings
