@@ -112,12 +112,14 @@ def mlp(in_features: int = 20, hidden: Sequence[int] | None = None, out_features
         activation: Activation = "relu", residual: bool = False,
         norm: Literal["none", "layernorm", "rmsnorm", "batchnorm"] | None = None,
         init: Init = "default", init_std: float | None = None, bias: bool = True,
-        depth: int | None = None, width: int = 64) -> nn.Module:
+        depth: int | None = None, width: int = 64, head_scale: float = 1.0) -> nn.Module:
     """A multilayer perceptron.
 
     ``hidden`` lists the hidden widths; alternatively ``depth`` hidden layers of ``width``.
     ``hidden: []`` is plain linear (or logistic) regression. ``residual`` adds the input to
     every block whose input and output widths match; ``norm`` goes after each linear layer.
+    ``head_scale`` multiplies the output layer's initial weights (e.g. 0.1 to start with
+    small logits, the usual fix for a high initial loss).
     """
     if hidden is None:
         hidden = [width] * (depth if depth is not None else 2)
@@ -130,6 +132,8 @@ def mlp(in_features: int = 20, hidden: Sequence[int] | None = None, out_features
     for module in model.modules():
         if isinstance(module, nn.Linear):
             _init_linear(module.weight, module.bias, init, activation, init_std)
+    with torch.no_grad():
+        model.head.weight.mul_(head_scale)
     return model
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 _DEPTH_SOURCE = ("Bengio, Simard & Frasconi, 'Learning long-term dependencies with gradient "
                  "descent is difficult' (1994); Hochreiter (1991); Glorot & Bengio, "
                  "'Understanding the difficulty of training deep feedforward neural networks' "
-                 "(AISTATS 2010). Background: gradient-stability.md.")
+                 "(AISTATS 2010). docs/theory.md section 3.")
 
 register(CodeInfo(
     code="SC301", name="gradient-growth", title="Gradient norm grows steadily",
@@ -81,7 +81,7 @@ register(CodeInfo(
         "connected to the loss (an unused module, a detached tensor), or every unit in them "
         "is dead. Their weights never change."),
     source="Lu et al., 'Dying ReLU and initialization: theory and numerical examples' (2019); "
-           "background: gradient-stability.md.",
+           "docs/theory.md section 3.",
     recommendation="Check that the layers named are used in forward() and not behind "
                    ".detach() or torch.no_grad(); freeze them explicitly if that is intended.",
     config_key="model",
@@ -125,29 +125,27 @@ def grad_spikes_and_growth(record: ProbeRecord, ctx: Context) -> list[Finding]:
     return findings
 
 
-def flow(record: ProbeRecord, ctx: Context) -> list[Finding]:
-    """SC303 during training and SC304 for one probe."""
+def zero_gradient_layers(record: ProbeRecord, ctx: Context) -> list[Finding]:
+    """SC304 for one probe: layers whose gradient was exactly zero at every step."""
     if record.outcome not in ("completed", "nonfinite") or record.steps_run == 0:
         return []
-    findings: list[Finding] = []
     matrix = record.layer_matrix()
     zero = [name for j, name in enumerate(record.layer_names)
             if matrix.shape[0] and np.all(matrix[:, j] == 0)]
-    if zero:
-        findings.append(make(
-            "SC304", f"{len(zero)} layer(s) got exactly zero gradient at every step: "
-                     f"{', '.join(zero[:6])}{' …' if len(zero) > 6 else ''} ({record.label})",
-            probes=[record.index], value=float(len(zero))))
-    sizes = _layer_sizes(ctx, record.seed)
-    per_layer = training_rms(record.layer_names, matrix, sizes)
-    verdict = vanishing(per_layer, ctx.thresholds.vanishing_ratio)
-    if verdict is not None:
-        ratio, names = verdict
-        findings.append(make(
-            "SC303", f"during training the first layer's RMS gradient is {ratio:.1e} of the "
-                     f"last's; near zero: {_names(names)} ({record.label})",
-            probes=[record.index], value=ratio, threshold=ctx.thresholds.vanishing_ratio))
-    return findings
+    if not zero:
+        return []
+    return [make("SC304", f"{len(zero)} layer(s) got exactly zero gradient at every step: "
+                          f"{_names(zero)} ({record.label})",
+                 probes=[record.index], value=float(len(zero)))]
+
+
+def training_flow(record: ProbeRecord, ctx: Context) -> tuple[float, list[str]] | None:
+    """(first/last RMS ratio, near-zero layers) when gradients vanish in this probe."""
+    if record.outcome not in ("completed", "nonfinite") or record.steps_run == 0:
+        return None
+    per_layer = training_rms(record.layer_names, record.layer_matrix(),
+                             _layer_sizes(ctx, record.seed))
+    return vanishing(per_layer, ctx.thresholds.vanishing_ratio)
 
 
 def vanishing(per_layer: dict[str, float], threshold: float
@@ -176,11 +174,12 @@ def _names(names: list[str]) -> str:
 
 def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     """Every per-probe gradient finding."""
-    return grad_spikes_and_growth(record, ctx) + flow(record, ctx)
+    return grad_spikes_and_growth(record, ctx) + zero_gradient_layers(record, ctx)
 
 
 def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
-    """SC303 at init (once, over the seeds whose init shows it) and the per-layer summary."""
+    """SC303 at init and during training (once each, over the seeds and probes that show
+    it: vanishing is a property of the model, not of one probe) and the flow summary."""
     th = ctx.thresholds
     hits: dict[int, tuple[float, list[str]]] = {}
     flow_at_init: dict[str, Any] = {}
@@ -197,10 +196,19 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     findings: list[Finding] = []
     if hits:
         ratio = min(r for r, _ in hits.values())
-        names = sorted({n for _, ns in hits.values() for n in ns},
-                       key=lambda n: [x for _, ns in hits.values() for x in ns].index(n))
+        names = list(dict.fromkeys(n for _, ns in hits.values() for n in ns))
         findings.append(make(
             "SC303", f"at init the first layer's RMS gradient is {ratio:.1e} of the last's "
                      f"(seeds {', '.join(map(str, hits))}); near zero: {_names(names)}",
             steps=[0], value=ratio, threshold=th.vanishing_ratio))
+    during = {p.record.index: v for p in probes
+              if (v := training_flow(p.record, ctx)) is not None}
+    if during:
+        ratio = min(r for r, _ in during.values())
+        names = list(dict.fromkeys(n for _, ns in during.values() for n in ns))
+        findings.append(make(
+            "SC303", f"during training the first layer's median RMS gradient is {ratio:.1e} "
+                     f"of the last's in {len(during)} of {len(probes)} probes; near zero: "
+                     f"{_names(names)}",
+            probes=sorted(during), value=ratio, threshold=th.vanishing_ratio))
     return {"gradient_flow_at_init": flow_at_init}, findings

@@ -44,7 +44,7 @@ register(CodeInfo(
         "signal, and with it the backward gradient, shrinks or grows geometrically."),
     source="He, Zhang, Ren & Sun, 'Delving Deep into Rectifiers' (ICCV 2015); Glorot & "
            "Bengio (AISTATS 2010); Schoenholz et al., 'Deep Information Propagation' (ICLR "
-           "2017). Background: gradient-stability.md.",
+           "2017). docs/theory.md section 3.",
     recommendation="Use an init matched to the activation (He for ReLU, Xavier for tanh), "
                    "or add normalisation layers.",
     thresholds=("activation_scale_ratio",), config_key="model.kwargs",

@@ -25,7 +25,7 @@ register(CodeInfo(
         "in the finding points at (the first module whose inputs were finite and whose output "
         "was not, found by replaying the failing step with hooks)."),
     source="Goodfellow, Bengio & Courville, Deep Learning (2016), 4.1 'Overflow and "
-           "Underflow'; background: stability-principles.md, 'Numerical Sanity'.",
+           "Underflow'; docs/theory.md section 1.",
     recommendation="Lower the learning rate below the max stable LR of this batch size, add "
                    "warmup or gradient clipping; if a module is named, guard its operation "
                    "(clamp before log/sqrt, compute softmax in float32).",

@@ -131,14 +131,53 @@ def _findings(findings: list[Finding]) -> RenderableType:
 def _recommendations(result: AuditResult) -> RenderableType:
     summary: dict[str, Any] = result.diagnosis.summary
     lines = Text()
-    msl = summary.get("max_stable_lr", {})
-    if msl:
-        parts = [f"bs={bs}: {lr:g}" if lr is not None else f"bs={bs}: none in the grid"
-                 for bs, lr in msl.items()]
-        lines.append("• max stable LR (all seeds healthy): " + "; ".join(parts) + "\n")
     for rec in summary.get("recommendations", []):
-        lines.append(f"• {rec}\n")
+        lines.append(f"• {rec['text']}\n")
+    msl = summary.get("max_stable_lr", {})
+    missing = [bs for bs, lr in msl.items() if lr is None]
+    if missing:
+        lines.append(f"• no stable LR in the grid at bs={', '.join(missing)}: sweep lower "
+                     "learning rates\n")
     return lines if lines.plain else Text("No recommendations.", style="dim")
+
+
+def _sensitivity(result: AuditResult) -> RenderableType:
+    """One line each: stability margin, LR / seed / batch-size sensitivity."""
+    summary: dict[str, Any] = result.diagnosis.summary
+    lines = Text()
+    margin = summary.get("stability_margin")
+    if margin:
+        edge = margin.get("max_stable_lr")
+        lines.append(f"• stability margin: {margin['margin']:.2f}x (max stable LR "
+                     f"{edge if edge is not None else 'none'} / target_lr "
+                     f"{margin['target_lr']:g} at bs={margin['batch_size']})\n")
+    sens = summary.get("lr_sensitivity") or {}
+    if sens:
+        parts = [f"bs={bs}: {v['lr_sensitivity']:.3g} ({v['normalised']:.0%} of the "
+                 "init-to-best gap)" for bs, v in sens.items()]
+        lines.append("• LR sensitivity (Wortsman et al. 2023): " + "; ".join(parts) + "\n")
+    spread = summary.get("max_seed_spread")
+    fragile = summary.get("fragile_cells") or []
+    if spread is not None or fragile:
+        text = f"• seed sensitivity: largest spread {spread:.0%} of the decrease" \
+            if spread is not None else "• seed sensitivity:"
+        if fragile:
+            text += "; fragile cells " + ", ".join(f"lr={c['lr']:g}/bs={c['batch_size']}"
+                                                   for c in fragile)
+        lines.append(text + "\n")
+    init = summary.get("init") or {}
+    losses = [v for v in (init.get("initial_loss") or {}).values() if v is not None]
+    if losses:
+        expected = init.get("expected_initial_loss")
+        versus = f" vs ln(classes) = {expected:.3g}" if expected else ""
+        flow = [v for v in (summary.get("gradient_flow_at_init") or {}).values()]
+        ratio = f"; first/last layer RMS gradient {min(flow):.2g}" if flow else ""
+        lines.append(f"• at init: loss {min(losses):.3g}-{max(losses):.3g}{versus}{ratio}\n")
+    exponent = summary.get("batch_size_exponent")
+    if exponent is not None:
+        lines.append(f"• batch-size sensitivity: max stable LR ∝ bs^{exponent:.2g} (1 = linear "
+                     "scaling rule, 0.5 = square-root rule)\n")
+    return lines
 
 
 def verdict_line(result: AuditResult) -> Text:
@@ -165,6 +204,9 @@ def renderables(result: AuditResult) -> list[RenderableType]:
         out.append(_grid(result))
     out += [Rule("Findings", align="left"), _findings(result.diagnosis.findings),
             Rule("Recommendations", align="left"), _recommendations(result)]
+    sensitivity = _sensitivity(result)
+    if isinstance(sensitivity, Text) and sensitivity.plain:
+        out += [Rule("Sweep and init", align="left"), sensitivity]
     for note in result.notes:
         out.append(Text(f"note: {note}", style="dim"))
     out.append(verdict_line(result))
