@@ -62,3 +62,12 @@ def write_module(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+# Hypothesis: a fixed sequence of examples by default, so CI is reproducible; set
+# HYPOTHESIS_PROFILE=explore locally to search with fresh random examples.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("default", derandomize=True, deadline=None)
+_hypothesis_settings.register_profile("explore", max_examples=1000, deadline=None)
+_hypothesis_settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "default"))

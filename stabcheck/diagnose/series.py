@@ -71,16 +71,18 @@ def find_spikes(x: np.ndarray, sigma: float, window: int, min_history: int,
     spikes: list[Spike] = []
     previous = -2
     for t in range(1, x.size):
-        if not (finite[t] and finite[t - 1] and noise[t] > 0):
+        span = running_max[t - 1] - running_min[t - 1]
+        # A noise-free stretch (MAD 0) still has a scale: a millionth of the range so far.
+        spread = max(noise[t], 1e-6 * span) if np.isfinite(noise[t]) else 0.0
+        if not (finite[t] and finite[t - 1] and spread > 0):
             continue
         expected = x[t - 1] + trend[t]
         rise = x[t] - expected
-        span = running_max[t - 1] - running_min[t - 1]
-        if rise > sigma * noise[t] and rise >= min_range_fraction * span:
+        if rise > sigma * spread and rise >= min_range_fraction * span:
             if t != previous + 1:
                 later = x[t + 1: t + 1 + recovery_steps]
                 back = np.nonzero(np.isfinite(later) & (later <= x[t - 1] + 0.25 * rise))[0]
-                spikes.append(Spike(t, float(rise / noise[t]), float(x[t - 1]),
+                spikes.append(Spike(t, float(rise / spread), float(x[t - 1]),
                                     int(t + 1 + back[0]) if back.size else None))
             previous = t
     return spikes
