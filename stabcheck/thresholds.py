@@ -18,20 +18,24 @@ class Thresholds(BaseModel):
 
     # --- loss and gradient-norm spikes (OLMo-core StabilityMonitorCallback: a value above the
     # mean of the previous 128 values by more than 6 standard deviations) ---
-    spike_sigma: float = Field(6.0, gt=0, description="z-score over the trailing window above "
-                               "which a loss or gradient-norm step is a spike (OLMo-core: 6).")
-    spike_window: int = Field(128, ge=4, description="trailing steps the spike z-score is "
-                              "computed over (OLMo-core: 128).")
+    spike_sigma: float = Field(6.0, gt=0, description="rolling z-score above which a loss or "
+                               "gradient-norm step is a spike: its jump above the local trend "
+                               "over a robust (MAD) spread of the previous steps' changes "
+                               "(OLMo-core: 6 sigma).")
+    spike_window: int = Field(128, ge=4, description="trailing steps the spread is measured "
+                              "over (OLMo-core: 128).")
     spike_min_history: int = Field(16, ge=3, description="steps of history needed before a "
                                    "spike can be called (stabcheck: probes are short, so the "
                                    "window may be partly filled).")
     spike_min_range_fraction: float = Field(0.1, ge=0, description="a spike must also rise "
-                                            "above the window mean by this fraction of the "
-                                            "series' range so far, so that noise on a converged, "
-                                            "near-zero loss is not called a spike (stabcheck).")
+                                            "above the local trend by this fraction of the "
+                                            "range the series has covered so far, so that noise "
+                                            "on a converged, near-zero loss is not called a "
+                                            "spike (stabcheck).")
     spike_recovery_steps: int = Field(20, ge=1, description="steps after a spike within which "
-                                      "the loss must return under its pre-spike mean to count "
-                                      "as recovered (stabcheck).")
+                                      "the loss must come back to within a quarter of the jump "
+                                      "above its pre-spike value to count as recovered "
+                                      "(stabcheck).")
     # --- divergence (fastai's LR finder stops once the loss passes 4x its best) ---
     divergence_factor: float = Field(4.0, gt=1, description="a finite loss that ends above this "
                                      "multiple of where it started has diverged (fastai LR "
