@@ -27,7 +27,12 @@ from stabcheck.errors import (
 )
 
 HUMAN_FORMATS = ("rich", "text")
-MACHINE_FORMATS = ("json",)
+
+
+def _all_formats() -> list[str]:
+    from stabcheck.report import FORMATS
+
+    return list(FORMATS)
 
 
 def _stderr_console(plain: bool | None = None) -> Any:
@@ -71,6 +76,31 @@ class _ListType(click.ParamType):
         if not out:
             self.fail("needs at least one value", param, ctx)
         return out
+
+
+class _OutputType(click.ParamType):
+    """``-o FILE`` (the ``--format`` output) or ``-o FORMAT=FILE`` (any format)."""
+
+    name = "[FORMAT=]FILE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str | None, Path]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        fmt, sep, file = text.partition("=")
+        if sep and fmt in _all_formats():
+            if not file:
+                self.fail(f"{text!r}: no file after '='", param, ctx)
+            return fmt, Path(file)
+        if sep and "/" not in fmt and "." not in fmt:
+            self.fail(f"{text!r}: unknown format {fmt!r} (expected one of "
+                      f"{', '.join(_all_formats())})", param, ctx)
+        return None, Path(text)
+
+
+_OUTPUT_HELP = ("Write a report to FILE: -o FILE writes the --format output, -o FORMAT=FILE "
+                "any format (repeatable: -o json=report.json -o junit=junit.xml "
+                "-o markdown=summary.md).")
 
 
 class StabcheckGroup(click.Group):
@@ -120,10 +150,13 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the audit in --out, skipping finished "
               "probes.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier audit in --out.")
-@click.option("--format", "fmt", type=click.Choice(HUMAN_FORMATS + MACHINE_FORMATS),
-              default=None, help="Output format (default: rich on a terminal, else text).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Write the --format output to this file instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(_all_formats()), default=None,
+              help="Output format: rich/text go to stderr, the others to stdout (default: "
+              "rich on a terminal, else text).")
+@click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True, help=_OUTPUT_HELP)
+@click.option("--traces", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Export the per-step traces: FILE.csv, or FILE.parquet (needs pyarrow).")
+@click.option("--isolated", is_flag=True, help="Ignore [tool.stabcheck] in pyproject.toml.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None,
               help="Lowest severity that fails the audit (overrides the config).")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings fail the audit.")
@@ -138,12 +171,14 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt: str | None,
-          output: Path | None, fail_on: str | None, exit_zero: bool, device: str | None,
+          outputs: tuple[tuple[str | None, Path], ...], traces: Path | None, isolated: bool,
+          fail_on: str | None, exit_zero: bool, device: str | None,
           steps: int | None, lr: list[float] | None, seeds: list[int] | None,
           batch_size: list[int] | None, quiet: bool, verbose: bool) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
+    from stabcheck.project import project_defaults
     from stabcheck.report.progress import PlainProgress, QuietProgress, RichProgress
 
     if resume and out_dir is None:
@@ -154,7 +189,8 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
                        ("sweep.batch_sizes", batch_size), ("fail_on", fail_on)):
         if value is not None:
             overrides[key] = value
-    loaded = load_config(config, overrides=overrides)
+    defaults, _ = project_defaults(config, isolated)
+    loaded = load_config(config, overrides=overrides, defaults=defaults)
     rich_ok = use_rich(sys.stderr)
     console = _stderr_console(plain=not rich_ok)
     progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
@@ -162,15 +198,18 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
                            exit_zero=exit_zero, fail_on=fail_on, progress=progress)
     result, results_dir = run_audit(loaded, options)
-    _emit(result, fmt, output, console, quiet)
+    _emit(result, fmt, outputs, traces, console, quiet)
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
     return result.exit_code
 
 
-def _emit(result: Any, fmt: str | None, output: Path | None, console: Any, quiet: bool) -> None:
+def _emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
+          traces: Path | None, console: Any, quiet: bool) -> None:
     """The human report always goes to stderr (only the verdict with ``-q``); a machine
-    format goes to stdout, and any format to ``-o FILE``."""
+    format goes to stdout unless a plain ``-o FILE`` takes it; ``-o FORMAT=FILE`` writes any
+    format to a file. With ``GITHUB_STEP_SUMMARY`` set, a Markdown summary is appended there.
+    """
     from stabcheck.report import render
     from stabcheck.report.terminal import print_report, verdict_line
 
@@ -179,32 +218,68 @@ def _emit(result: Any, fmt: str | None, output: Path | None, console: Any, quiet
     else:
         print_report(result, console)
     fmt = fmt or ("rich" if use_rich(sys.stderr) else "text")
-    if output is not None:
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(render(result, fmt), encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    elif fmt in MACHINE_FORMATS:
+    to_stdout = fmt not in HUMAN_FORMATS
+    for out_fmt, path in outputs:
+        if out_fmt is None:
+            to_stdout = False
+        _write(path, render(result, out_fmt or fmt))
+    if to_stdout:
         click.echo(render(result, fmt), nl=False)
+    if traces is not None:
+        from stabcheck.report.traces import write_traces
+
+        write_traces(result, traces)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        _append_step_summary(result, Path(summary))
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _append_step_summary(result: Any, path: Path) -> None:
+    """Append the Markdown report to GitHub's job summary, within its 1 MiB limit."""
+    from stabcheck.report.markdown import STEP_SUMMARY_LIMIT
+    from stabcheck.report.markdown import render as markdown
+
+    try:
+        used = path.stat().st_size if path.exists() else 0
+        room = STEP_SUMMARY_LIMIT - used - 1024
+        if room < 4096:
+            click.echo("note: GITHUB_STEP_SUMMARY is full; summary not appended", err=True)
+            return
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(markdown(result, max_bytes=room) + "\n")
+    except OSError as exc:
+        click.echo(f"note: cannot append to GITHUB_STEP_SUMMARY ({path}): "
+                   f"{exc.strerror or exc}", err=True)
 
 
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=True, path_type=Path))
-def validate(config: Path) -> int:
+@click.option("--isolated", is_flag=True, help="Ignore [tool.stabcheck] in pyproject.toml.")
+def validate(config: Path, isolated: bool) -> int:
     """Check CONFIG (schema, references, data shapes) without training. Exit 0 or 2."""
     from stabcheck.config import load_config
     from stabcheck.plan import plan_probes
     from stabcheck.problem import build_problem
+    from stabcheck.project import project_defaults
 
-    loaded = load_config(config)
+    defaults, pyproject = project_defaults(config, isolated)
+    loaded = load_config(config, defaults=defaults)
     try:
         problem = build_problem(loaded)
     except UserCodeError as exc:  # validate's contract is 0 or 2
         raise ConfigError(f"{config}: {exc}") from None
     n = len(plan_probes(loaded.config))
+    using = f"; defaults from {pyproject}" if pyproject else ""
     click.echo(f"{config}: ok — {n} probes of {loaded.config.probe.steps} steps, "
-               f"{problem.data.n} samples, device {problem.device}", err=True)
+               f"{problem.data.n} samples, device {problem.device}{using}", err=True)
     return 0
 
 
@@ -236,20 +311,48 @@ def explain(code: str | None) -> int:
 
 @cli.command()
 @click.argument("results_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(HUMAN_FORMATS + MACHINE_FORMATS),
-              default=None, help="Output format (default: rich on a terminal, else text).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Write the output to this file instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(_all_formats()), default=None,
+              help="Output format: rich/text go to stderr, the others to stdout (default: "
+              "rich on a terminal, else text).")
+@click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True, help=_OUTPUT_HELP)
+@click.option("--traces", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Export the per-step traces: FILE.csv, or FILE.parquet (needs pyarrow).")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None)
 @click.option("--exit-zero", is_flag=True)
-def report(results_dir: Path, fmt: str | None, output: Path | None, fail_on: str | None,
-           exit_zero: bool) -> int:
+@click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
+def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
+           traces: Path | None, fail_on: str | None, exit_zero: bool, quiet: bool) -> int:
     """Re-render the report of a finished or partial audit, without re-training."""
     from stabcheck.journal import read_journal
     from stabcheck.result import build_result
 
     result = build_result(read_journal(results_dir), exit_zero=exit_zero, fail_on=fail_on)
-    _emit(result, fmt, output, _stderr_console(), quiet=False)
+    _emit(result, fmt, outputs, traces, _stderr_console(), quiet=quiet)
+    return result.exit_code
+
+
+@cli.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--lr-drop-tolerance", type=click.FloatRange(0, 1), default=0.0,
+              show_default=True, help="Relative drop of a max stable LR that is tolerated.")
+@click.option("--lr-sensitivity-tolerance", type=click.FloatRange(min=0), default=0.05,
+              show_default=True, help="Rise of the normalised LR sensitivity that is "
+              "tolerated.")
+def compare(baseline: Path, new: Path, lr_drop_tolerance: float,
+            lr_sensitivity_tolerance: float) -> int:
+    """Fail (exit 1) when NEW regressed against BASELINE.
+
+    Each is a report.json or a results directory. A regression is: a max stable LR that
+    dropped, a new error finding, a healthy cell that now fails, or a worse LR sensitivity.
+    """
+    from stabcheck.compare import Tolerances, load_report
+    from stabcheck.compare import compare as run_compare
+
+    result = run_compare(load_report(baseline), load_report(new),
+                         Tolerances(lr_drop=lr_drop_tolerance,
+                                    lr_sensitivity=lr_sensitivity_tolerance))
+    click.echo(result.render(), nl=False)
     return result.exit_code
 
 

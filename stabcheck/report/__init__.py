@@ -18,6 +18,9 @@ FORMATS: dict[str, str] = {
     "json": "json_report",
     "text": "terminal",
     "rich": "terminal",
+    "junit": "junit",
+    "markdown": "markdown",
+    "github": "github",
 }
 
 

@@ -1,0 +1,103 @@
+"""The Markdown report: for pull-request comments and GitHub's job summary.
+
+GitHub-flavoured Markdown: a verdict line, the grid as a table (status symbols per seed and
+the median final loss per cell), findings by severity, recommendations. ``max_bytes`` keeps
+it under GitHub's 1 MiB step-summary limit by dropping findings past that size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stabcheck.report.terminal import SYMBOLS
+
+if TYPE_CHECKING:
+    from stabcheck.diagnose import ProbeDiagnosis
+    from stabcheck.findings import Finding
+    from stabcheck.result import AuditResult
+
+STEP_SUMMARY_LIMIT = 1024 * 1024  # GitHub refuses a job summary over 1 MiB
+_ICON = {"passed": "✅", "failed": "❌", "incomplete": "⚠️", "not_carried_out": "⚠️"}
+
+
+def cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell (no pipes or newlines)."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _grid(result: AuditResult) -> list[str]:
+    probes = result.diagnosis.probes
+    if not probes:
+        return ["_No probe finished._", ""]
+    lrs = sorted({p.record.lr for p in probes})
+    cells: dict[tuple[int, float], list[ProbeDiagnosis]] = defaultdict(list)
+    for p in probes:
+        cells[(p.record.batch_size, p.record.lr)].append(p)
+    lines = ["| batch \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |",
+             "|---:|" + "---|" * len(lrs)]
+    for bs in sorted({p.record.batch_size for p in probes}):
+        row = []
+        for lr in lrs:
+            members = sorted(cells.get((bs, lr), []), key=lambda m: m.record.seed)
+            if not members:
+                row.append("–")
+                continue
+            symbols = "".join(SYMBOLS.get(m.status, ("?", ""))[0] for m in members)
+            finals = [m.stats.get("final_loss") for m in members]
+            finite = [f for f in finals if f is not None]
+            row.append(f"{symbols} {np.median(finite):.3g}" if finite else symbols)
+        lines.append(f"| **{bs}** | " + " | ".join(cell(c) for c in row) + " |")
+    legend = ", ".join(f"{sym} {status}" for status, (sym, _) in SYMBOLS.items())
+    return [*lines, "", f"<sub>{legend}; one symbol per seed, then the median final loss."
+            "</sub>", ""]
+
+
+def _finding_rows(findings: list[Finding]) -> list[str]:
+    rows = ["| severity | code | finding | recommendation |", "|---|---|---|---|"]
+    for f in findings:
+        evidence = f.message
+        if f.value is not None and f.threshold is not None:
+            evidence += f" (value {f.value:.4g}, threshold {f.threshold:.4g})"
+        rows.append(f"| {f.severity.value} | `{f.code}` {cell(f.title)} | {cell(evidence)} | "
+                    f"{cell(f.recommendation)} |")
+    return rows
+
+
+def render(result: AuditResult, max_bytes: int | None = None) -> str:
+    """The report as Markdown (at most ``max_bytes`` UTF-8 bytes when given)."""
+    v = result.verdict
+    counts = result.diagnosis.summary.get("by_status", {})
+    status = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no probes"
+    head = [f"## {_ICON.get(v.verdict, '')} stabcheck: {cell(result.name)} — "
+            f"{v.verdict.upper().replace('_', ' ')}", "",
+            f"**{v.reason}** (exit {v.exit_code}). {len(result.diagnosis.probes)}/"
+            f"{result.planned} probes ({status}) on {result.environment.get('device', '?')}.",
+            ""]
+    head += _grid(result)
+    tail: list[str] = []
+    recs = result.diagnosis.summary.get("recommendations") or []
+    if recs:
+        tail += ["### Recommendations", "", *[f"- {r['text']}" for r in recs], ""]
+    tail += [f"<sub>stabcheck {result.to_json()['tool']['version']} · fail_on="
+             f"{result.fail_on} · `stabcheck explain CODE` for the theory behind a code</sub>",
+             ""]
+    findings = result.diagnosis.findings
+    body = ["### Findings", ""] + (_finding_rows(findings) if findings else
+                                   ["No findings."]) + [""]
+    text = "\n".join(head + body + tail)
+    if max_bytes is None or len(text.encode("utf-8")) <= max_bytes:
+        return text
+    # Too large: keep the most severe findings that fit, and say how many were left out.
+    kept = len(findings)
+    while kept > 0:
+        kept = kept // 2
+        note = (f"_… {len(findings) - kept} more finding(s) left out to stay under "
+                f"{max_bytes // 1024} KiB; see the JSON report._")
+        text = "\n".join([*head, "### Findings", "", *_finding_rows(findings[:kept]), "", note,
+                          "", *tail])
+        if len(text.encode("utf-8")) <= max_bytes:
+            return text
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
