@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stabcheck.diagnose import execution, numerics, sweep
+from stabcheck.diagnose import curvature, execution, numerics, sweep
 from stabcheck.diagnose.context import Context
 from stabcheck.findings import Finding, Severity, sort_findings
 from stabcheck.records import ProbeRecord
@@ -80,8 +80,8 @@ def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
 ProbeDetector = Callable[[ProbeRecord, Context], list[Finding]]
 SweepAnalysis = Callable[[list[ProbeDiagnosis], Context], tuple[dict[str, Any], list[Finding]]]
 
-PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, execution.detect]
-SWEEP_ANALYSES: list[SweepAnalysis] = [sweep.analyse, execution.analyse]
+PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, execution.detect, curvature.detect]
+SWEEP_ANALYSES: list[SweepAnalysis] = [sweep.analyse, execution.analyse, curvature.analyse]
 
 
 def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
