@@ -41,14 +41,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from stabcheck.engine.instruments import batch_order, seed_everything
+from stabcheck.engine.instruments import seed_everything
 from stabcheck.problem import Batch, LossFn, Problem, TensorData
 
 PROBE_BATCH = 512  # examples in the fixed curvature batch (the full dataset when smaller)
 MAX_ITERS = 20  # power-iteration steps per measurement (warm starts usually need far fewer)
 TOL = 1e-3  # relative change of the Rayleigh quotient at which power iteration stops
-MINI_BATCH_DRAWS = 3  # batches per batch size for the per-batch-size sharpness at init
 NOISE_DRAWS = 8  # gradient pairs averaged for the noise-scale estimate
+# |A v| below this counts as zero curvature: a sharpness of 1e-7 limits no LR under 2e7,
+# and without a floor a vanishing Hessian (a loss at 0) would never meet a relative tolerance.
+NEGLIGIBLE = 1e-7
 SPECTRAL_ITERS = 50  # power-iteration steps for one weight matrix's spectral norm
 
 Vectors = list[torch.Tensor]
@@ -176,8 +178,8 @@ def power_iteration(matvec: Callable[[Vectors], Vectors], start: Vectors,
         w_norm = float(_norm(w))
         if not math.isfinite(value) or not math.isfinite(w_norm):
             return Eigen(float("nan"), v, i)
-        if w_norm == 0.0:
-            return Eigen(0.0, v, i, True, 0.0)
+        if w_norm <= NEGLIGIBLE:  # (numerically) zero curvature: nothing to converge to
+            return Eigen(value, v, i, True, w_norm)
         residual = float(_norm([y - value * x for x, y in zip(v, w, strict=True)]))
         v = [x / w_norm for x in w]
         if prev is not None and abs(value - prev) <= tol * abs(value) \
@@ -277,11 +279,11 @@ def stability_rule(optimizer: torch.optim.Optimizer) -> StabilityRule:
 
 
 def preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
-                   rule: StabilityRule, first_grad: Vectors | None = None) -> Vectors | None:
+                   rule: StabilityRule, guess: Vectors | None = None) -> Vectors | None:
     """``P = sqrt(v_hat) + eps`` per parameter, from the optimizer's second-moment state.
 
-    Before the first step there is no state; then ``first_grad`` stands in for it: Adam's
-    first step uses ``v_hat = g^2`` exactly, RMSprop's ``v = (1 - alpha) g^2``.
+    Before the first step there is no state; then ``guess`` (a mean squared gradient) stands
+    in for it: Adam's first step uses ``v_hat = g^2`` exactly, RMSprop's ``v = (1 - alpha) g^2``.
     """
     if not rule.preconditioned:
         return None
@@ -298,13 +300,25 @@ def preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tens
             v_hat = state["square_avg"]
             if "grad_avg" in state:
                 v_hat = v_hat - state["grad_avg"].square()
-        elif first_grad is not None:
-            g2 = first_grad[i].detach().square()
-            v_hat = g2 if rule.kind == "adam" else (1 - (rule.beta2 or 0.99)) * g2
+        elif guess is not None:
+            v_hat = guess[i] if rule.kind == "adam" else (1 - (rule.beta2 or 0.99)) * guess[i]
         else:
             return None
         out.append(v_hat.detach().float().clamp(min=0).sqrt() + rule.eps)
     return out
+
+
+def mean_grad_sq(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> Vectors:
+    """Elementwise mean of the squared gradient over ``batches``: what Adam's ``v_hat``
+    tracks, ``E[g_B^2] = G^2 + diag(Sigma)/B`` for batches of size ``B``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for batch in batches:
+        grads = torch.autograd.grad(loss_fn(model, batch).float(), params, allow_unused=True)
+        for t, g in zip(total, grads, strict=True):
+            if g is not None:
+                t += g.detach().float().square()
+    return [t / max(1, len(batches)) for t in total]
 
 
 def _operators(hvp: HessianVectorProduct, rule: StabilityRule, precond: Vectors | None
@@ -337,31 +351,34 @@ def _clean(value: float | None) -> float | None:
 def measure_curvature(model: nn.Module, loss_fn: LossFn, batch: Batch,
                       optimizer: torch.optim.Optimizer, state: dict[str, Any] | None = None,
                       lr: float | None = None, first_grad_batch: Batch | None = None,
+                      second_moment: Vectors | None = None, want_plain: bool = True,
                       max_iters: int = MAX_ITERS, tol: float = TOL,
                       seed: int = 0) -> dict[str, Any]:
     """Sharpness (and preconditioned sharpness) of ``model`` on ``batch``, and the EoS ratio.
 
     Works on any plain ``nn.Module`` (the vectorized engine calls it on an unstacked
     member). ``state`` carries the warm-start eigenvectors from one call to the next (pass the
-    same dict every time). ``first_grad_batch`` stands in for an adaptive optimizer's missing
-    state before its first step: the gradient on the batch the first step will use.
+    same dict every time). Before an adaptive optimizer's first step its missing second
+    moment is stood in for by ``second_moment`` or, failing that, by the squared gradient on
+    ``first_grad_batch`` (the batch the first step will use). ``want_plain=False`` skips the
+    plain sharpness when only the preconditioned one is needed.
     Training is not perturbed (see :func:`preserved`).
     """
     state = state if state is not None else {}
     params = [p for p in model.parameters() if p.requires_grad]
     rule = stability_rule(optimizer)
     with preserved(model):
-        first_grad = None
-        if rule.preconditioned and first_grad_batch is not None and not optimizer.state:
-            loss = loss_fn(model, first_grad_batch).float()
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            first_grad = [g.detach() if g is not None else torch.zeros_like(p)
-                          for g, p in zip(grads, params, strict=True)]
+        guess = second_moment
+        if guess is None and rule.preconditioned and first_grad_batch is not None \
+                and not optimizer.state:
+            guess = mean_grad_sq(model, loss_fn, [first_grad_batch])
         hvp = HessianVectorProduct(model, loss_fn, batch, params)
-        plain, pre = _operators(hvp, rule, preconditioner(optimizer, params, rule, first_grad))
-        top = top_eigen(plain, state.get("vector") or _random_like(params, seed),
-                        max_iters, tol)
-        state["vector"] = top.vector
+        plain, pre = _operators(hvp, rule, preconditioner(optimizer, params, rule, guess))
+        top = Eigen(float("nan"), [], 0)
+        if want_plain:
+            top = top_eigen(plain, state.get("vector") or _random_like(params, seed),
+                            max_iters, tol)
+            state["vector"] = top.vector
         pre_value = None
         if pre is not None:
             ptop = top_eigen(pre, state.get("pvector") or _random_like(params, seed + 1),
@@ -490,6 +507,15 @@ def probe_batch_index(seed: int, n: int, device: torch.device) -> torch.Tensor:
         .to(device)
 
 
+ADAPTIVE_NOTE = (
+    "no LR ceiling is predicted at init for adaptive optimizers: before the first steps the "
+    "second-moment estimate is a handful of squared gradients, near zero (so P ~ eps) wherever "
+    "a gradient is small, which makes the preconditioned sharpness explode; and Adam's "
+    "per-coordinate step is bounded by about lr*(1-beta1)/sqrt(1-beta2), so the frozen-"
+    "preconditioner analysis does not predict divergence there. The preconditioned sharpness "
+    "is tracked during probes instead (probe.curvature_every), once the optimizer has state.")
+
+
 def init_curvature(problem: Problem, seed: int, data: TensorData,
                    batch_sizes: Sequence[int]) -> dict[str, Any]:
     """Curvature at initialisation for one seed; ``{"error": ...}`` when user code fails.
@@ -518,45 +544,32 @@ def _init_curvature(problem: Problem, seed: int, data: TensorData,
     index = probe_batch_index(seed, data.n, problem.device)
     warm: dict[str, Any] = {}
     full = measure_curvature(model, problem.loss_fn, data.batch(index), optimizer, warm,
-                             first_grad_batch=data.batch(index), seed=seed)
+                             seed=seed)
     by_batch: dict[str, dict[str, Any]] = {}
     for bs in sorted(set(batch_sizes)):
-        if bs >= index.numel():
-            entry = {"sharpness": full["sharpness"], "preconditioned": full["preconditioned"],
-                     "batches": 1, "examples": int(index.numel())}
+        # The sharpness is that of the fixed (full, for small data) batch for every batch
+        # size; only an adaptive optimizer's preconditioner depends on the batch size, through
+        # v_hat ~ E[g_B^2], estimated on the first batches a probe of this size will see.
+        entry: dict[str, Any] = {"sharpness": full["sharpness"]}
+        judged = entry["sharpness"]
+        if judged is not None and not rule.preconditioned:
+            entry["predicted_lr_ceiling"] = _clean(rule.ceiling(judged + rule.weight_decay))
         else:
-            order = batch_order(seed, data.n, bs, MINI_BATCH_DRAWS).to(problem.device)
-            sharp, pre = [], []
-            state = dict(warm)  # warm start from the fixed-batch eigenvectors
-            for row in order:
-                m = measure_curvature(model, problem.loss_fn, data.batch(row), optimizer,
-                                      state, first_grad_batch=data.batch(row), seed=seed)
-                sharp.append(m["sharpness"])
-                pre.append(m["preconditioned"])
-            entry = {"sharpness": _mean(sharp), "preconditioned": _mean(pre),
-                     "batches": int(order.shape[0]), "examples": bs}
-        judged = entry["preconditioned"] if rule.preconditioned else entry["sharpness"]
-        if judged is not None:
-            judged += 0.0 if rule.preconditioned else rule.weight_decay
-        entry["predicted_lr_ceiling"] = _clean(rule.ceiling(judged))
+            entry["predicted_lr_ceiling"] = None
         by_batch[str(bs)] = entry
     pair = noise_pair(batch_sizes, data.n)
     noise = noise_scale(model, problem.loss_fn, data, *pair, seed=seed) if pair else None
     lips = lipschitz_bound(model)
     return {
         "probe_batch": int(index.numel()), "full_batch": bool(index.numel() == data.n),
-        "sharpness": full["sharpness"], "preconditioned": full["preconditioned"],
+        "sharpness": full["sharpness"],
+        "prediction": None if not rule.preconditioned else ADAPTIVE_NOTE,
         "rule": rule.kind, "limit_constant": _clean(rule.constant), "limit": rule.formula,
         "by_batch_size": by_batch, "noise_scale": noise,
         "lipschitz": lips["lipschitz"], "log10_lipschitz": lips["log10_lipschitz"],
         "spectral_norms": lips["layers"],
         "time_s": round(time.perf_counter() - started, 4),
     }
-
-
-def _mean(values: list[float | None]) -> float | None:
-    finite = [v for v in values if v is not None]
-    return _clean(sum(finite) / len(finite)) if finite else None
 
 
 # --------------------------------------------------------------------------- during a probe
@@ -571,11 +584,9 @@ class CurvatureTracker:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: TensorData,
-                 optimizer: torch.optim.Optimizer, seed: int, device: torch.device,
-                 first_batch: Batch | None = None) -> None:
+                 optimizer: torch.optim.Optimizer, seed: int, device: torch.device) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.batch = data.batch(probe_batch_index(seed, data.n, device))
-        self.first_batch = first_batch
         self.seed = seed
         self.state: dict[str, Any] = {}
         self.rule = stability_rule(optimizer)
@@ -598,8 +609,7 @@ class CurvatureTracker:
         started = time.perf_counter()
         try:
             m = measure_curvature(self.model, self.loss_fn, self.batch, self.optimizer,
-                                  self.state, lr=lr, first_grad_batch=self.first_batch,
-                                  seed=self.seed)
+                                  self.state, lr=lr, seed=self.seed)
         except Exception as exc:
             self.error = describe_exception(exc)
             return

@@ -211,7 +211,7 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
         probe = SequentialProbe(problem, spec, settings, data)
         record.layer_names = list(probe.layers.names)
         tracker = CurvatureTracker(probe.model, problem.loss_fn, data, probe.optimizer,
-                                   spec.seed, probe.device, data.batch(probe.order[0]))
+                                   spec.seed, probe.device)
         every = settings.curvature_every
         if every:
             tracker.measure(0, probe.lrs[0])  # sharpness at init, before any step

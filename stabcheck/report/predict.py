@@ -31,20 +31,21 @@ def print_prediction(prediction: dict[str, Any], console: Console) -> None:
     if not ok:
         return
     first = next(iter(ok.values()))
-    adaptive = first.get("preconditioned") is not None
-    table = Table(title="Predicted LR ceiling from init sharpness", title_justify="left")
-    table.add_column("batch size", justify="right")
-    table.add_column("preconditioned sharpness" if adaptive else "init sharpness",
-                     justify="right")
-    table.add_column("predicted LR ceiling", justify="right")
-    for bs, ceiling in prediction["predicted_lr_ceiling"].items():
-        key = "preconditioned" if adaptive else "sharpness"
-        values = [r["by_batch_size"][bs][key] for r in ok.values()]
-        finite = [v for v in values if v is not None]
-        table.add_row(bs, _fmt(max(finite) if finite else None), _fmt(ceiling))
-    console.print(table)
-    console.print(f"{prediction['optimizer']}: stable while the sharpness stays under "
-                  f"{first['limit']}", markup=False)
+    if first.get("prediction"):
+        console.print(f"{prediction['optimizer']}: init sharpness {first['sharpness']:.4g}; "
+                      f"{first['prediction']}", markup=False)
+    else:
+        table = Table(title="Predicted LR ceiling from init sharpness", title_justify="left")
+        table.add_column("batch size", justify="right")
+        table.add_column("init sharpness", justify="right")
+        table.add_column("predicted LR ceiling", justify="right")
+        for bs, ceiling in prediction["predicted_lr_ceiling"].items():
+            values = [r["by_batch_size"][bs]["sharpness"] for r in ok.values()]
+            finite = [v for v in values if v is not None]
+            table.add_row(bs, _fmt(max(finite) if finite else None), _fmt(ceiling))
+        console.print(table)
+        console.print(f"{prediction['optimizer']}: stable while the sharpness stays under "
+                      f"{first['limit']}", markup=False)
     noise = [r["noise_scale"]["b_simple"] for r in ok.values()
              if r.get("noise_scale") and r["noise_scale"].get("b_simple") is not None]
     if noise:
