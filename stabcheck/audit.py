@@ -115,7 +115,8 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
         for seed in sorted({p.seed for p in probes} - set(contents.init)):
             init_report = initial_checks(problem, seed, data)
             init_report["curvature"] = init_curvature(problem, seed, data,
-                                                      cfg.sweep.batch_sizes)
+                                                      cfg.sweep.batch_sizes,
+                                                      cfg.probe.curvature_batch)
             journal.append_init(seed, init_report)
         for cohort in make_cohorts(todo):
             engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
@@ -141,7 +142,8 @@ def predict_only(loaded: LoadedConfig) -> dict[str, Any]:
     started = time.perf_counter()
     problem = build_problem(loaded)
     data = problem.data.to(problem.device)
-    seeds = {str(seed): init_curvature(problem, seed, data, cfg.sweep.batch_sizes)
+    seeds = {str(seed): init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
+                                       cfg.probe.curvature_batch)
              for seed in cfg.sweep.seeds}
     ceilings: dict[str, float | None] = {}
     for bs in sorted(cfg.sweep.batch_sizes):

@@ -170,6 +170,8 @@ class ProbeSection(_Strict):
                                     "stopped and marked 'timeout'")
     curvature_every: int | None = Field(None, gt=0, description="measure sharpness every this "
                                         "many steps; null = off")
+    curvature_batch: int = Field(512, gt=0, description="examples in the fixed batch the "
+                                 "sharpness is measured on (the whole dataset when smaller)")
 
     @field_validator("device")
     @classmethod

@@ -501,10 +501,10 @@ def noise_pair(batch_sizes: Sequence[int], n: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- before training
 
 
-def probe_batch_index(seed: int, n: int, device: torch.device) -> torch.Tensor:
-    """The fixed curvature batch: the first ``min(n, 512)`` of a seeded permutation."""
-    return torch.randperm(n, generator=_generator(30_011 + seed))[: min(n, PROBE_BATCH)] \
-        .to(device)
+def probe_batch_index(seed: int, n: int, device: torch.device,
+                      size: int = PROBE_BATCH) -> torch.Tensor:
+    """The fixed curvature batch: the first ``min(n, size)`` of a seeded permutation."""
+    return torch.randperm(n, generator=_generator(30_011 + seed))[: min(n, size)].to(device)
 
 
 ADAPTIVE_NOTE = (
@@ -517,7 +517,8 @@ ADAPTIVE_NOTE = (
 
 
 def init_curvature(problem: Problem, seed: int, data: TensorData,
-                   batch_sizes: Sequence[int]) -> dict[str, Any]:
+                   batch_sizes: Sequence[int], curvature_batch: int = PROBE_BATCH
+                   ) -> dict[str, Any]:
     """Curvature at initialisation for one seed; ``{"error": ...}`` when user code fails.
 
     Sharpness on the fixed batch (the full batch for small data), the sharpness of the first
@@ -527,13 +528,13 @@ def init_curvature(problem: Problem, seed: int, data: TensorData,
     from stabcheck.engine.sequential import describe_exception
 
     try:
-        return _init_curvature(problem, seed, data, batch_sizes)
+        return _init_curvature(problem, seed, data, batch_sizes, curvature_batch)
     except Exception as exc:
         return {"error": describe_exception(exc)}
 
 
 def _init_curvature(problem: Problem, seed: int, data: TensorData,
-                    batch_sizes: Sequence[int]) -> dict[str, Any]:
+                    batch_sizes: Sequence[int], curvature_batch: int) -> dict[str, Any]:
     started = time.perf_counter()
     seed_everything(seed)  # the same initial weights as every probe of this seed
     model = problem.build_model().to(problem.device)
@@ -541,7 +542,7 @@ def _init_curvature(problem: Problem, seed: int, data: TensorData,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = problem.make_optimizer(params, 1.0)  # only read for its hyperparameters
     rule = stability_rule(optimizer)
-    index = probe_batch_index(seed, data.n, problem.device)
+    index = probe_batch_index(seed, data.n, problem.device, curvature_batch)
     warm: dict[str, Any] = {}
     full = measure_curvature(model, problem.loss_fn, data.batch(index), optimizer, warm,
                              seed=seed)
@@ -584,9 +585,10 @@ class CurvatureTracker:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: TensorData,
-                 optimizer: torch.optim.Optimizer, seed: int, device: torch.device) -> None:
+                 optimizer: torch.optim.Optimizer, seed: int, device: torch.device,
+                 batch_size: int = PROBE_BATCH) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.batch = data.batch(probe_batch_index(seed, data.n, device))
+        self.batch = data.batch(probe_batch_index(seed, data.n, device, batch_size))
         self.seed = seed
         self.state: dict[str, Any] = {}
         self.rule = stability_rule(optimizer)

@@ -61,13 +61,15 @@ class EngineSettings:
     flush_every: int = 50
     timeout_s: float | None = None
     curvature_every: int | None = None
+    curvature_batch: int = 512
 
     @classmethod
     def from_config(cls, probe: Any) -> EngineSettings:
         """Build from a :class:`stabcheck.config.ProbeSection`."""
         return cls(steps=probe.steps, grad_clip=probe.grad_clip, warmup_steps=probe.warmup_steps,
                    dtype=probe.dtype, flush_every=probe.flush_every, timeout_s=probe.timeout_s,
-                   curvature_every=probe.curvature_every)
+                   curvature_every=probe.curvature_every,
+                   curvature_batch=probe.curvature_batch)
 
 
 class ProbeTimeout(Exception):
@@ -211,7 +213,7 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
         probe = SequentialProbe(problem, spec, settings, data)
         record.layer_names = list(probe.layers.names)
         tracker = CurvatureTracker(probe.model, problem.loss_fn, data, probe.optimizer,
-                                   spec.seed, probe.device)
+                                   spec.seed, probe.device, settings.curvature_batch)
         every = settings.curvature_every
         if every:
             tracker.measure(0, probe.lrs[0])  # sharpness at init, before any step
