@@ -321,3 +321,14 @@ def test_predict_only_cli(write_config, tmp_path: Path, monkeypatch) -> None:  #
                                  for s in out["seeds"].values())
     assert "Predicted LR ceiling" in result.stderr
     assert not (tmp_path / "stabcheck-results").exists()  # nothing trained, nothing journaled
+
+
+def test_benchmark_smoke(capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.bench_curvature import main
+
+    main(["--quick", "--models", "mlp", "--steps", "4", "--every", "2", "--threads", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "hvp/step" in lines[1]
+    row = lines[2].split()
+    assert row[0] == "mlp" and row[4].endswith("x") and float(row[4][:-1]) > 0
+    assert int(row[-1]) == 3  # measurements at steps 0, 2 and 4
