@@ -8,8 +8,9 @@ For each model it prints:
 * ``hvp / step`` — one Hessian-vector product (one ``autograd.grad`` on the retained gradient
   graph, the unit power iteration repeats) against one instrumented training step of the
   sequential engine, both on the same batch (target <= 1.5x);
-* ``hvp@probe / step`` — the same product on the fixed curvature batch (512 examples) against
-  a training step at the probe's batch size, which is what tracking actually pays per product;
+* ``hvp@probe / step`` — the same product on the fixed curvature batch (``--curvature-batch``;
+  by default the probe's batch size, like ``probe.curvature_batch: null``) against a training
+  step, which is what tracking actually pays per product;
 * ``overhead`` — amortised cost of tracking at a cadence: (probe time with
   ``curvature_every`` - probe time without) / probe time without (target <= 25%), with the
   products a probe's measurements took in total.
@@ -31,7 +32,7 @@ import torch
 
 from stabcheck.builtins.data import blobs, images, text
 from stabcheck.builtins.models import cnn, mlp, transformer
-from stabcheck.engine.curvature import PROBE_BATCH, HessianVectorProduct, probe_batch_index
+from stabcheck.engine.curvature import HessianVectorProduct, probe_batch_index
 from stabcheck.engine.sequential import EngineSettings, SequentialProbe, run_probe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData, _builtin_criterion, make_loss_fn
@@ -82,7 +83,7 @@ def _time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
 
 
 def hvp_vs_step(problem: Problem, batch: int, rounds: int, repeats: int,
-                curvature_batch: int = PROBE_BATCH) -> dict[str, float]:
+                curvature_batch: int | None = None) -> dict[str, float]:
     """Median seconds of one training step, one HVP on the same batch, one on the probe batch."""
     device = problem.device
     settings = EngineSettings(steps=rounds * repeats * 4 + 8, flush_every=10_000)
@@ -90,7 +91,7 @@ def hvp_vs_step(problem: Problem, batch: int, rounds: int, repeats: int,
                             problem.data)
     frozen = copy.deepcopy(probe.model)  # the training steps below must not touch its graph
     same = HessianVectorProduct(frozen, problem.loss_fn, problem.data.batch(probe.order[0]))
-    index = probe_batch_index(0, problem.data.n, device, curvature_batch)
+    index = probe_batch_index(0, problem.data.n, device, curvature_batch or batch)
     fixed = HessianVectorProduct(frozen, problem.loss_fn, problem.data.batch(index))
     v = [torch.randn_like(p) for p in same.params]
     t = 0
@@ -110,7 +111,7 @@ def hvp_vs_step(problem: Problem, batch: int, rounds: int, repeats: int,
 
 
 def tracking_overhead(problem: Problem, batch: int, steps: int, every: int,
-                      rounds: int, curvature_batch: int = PROBE_BATCH) -> dict[str, float]:
+                      rounds: int, curvature_batch: int | None = None) -> dict[str, float]:
     """Median probe wall time without and with ``curvature_every``; products per probe."""
     spec = ProbeSpec(batch_size=batch, lr=0.01, seed=0)
     plain = EngineSettings(steps=steps, flush_every=50)
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="mlp,cnn,transformer")
     parser.add_argument("--steps", type=int, default=None, help="steps per probe (200)")
     parser.add_argument("--every", type=int, default=50, help="curvature_every (50)")
-    parser.add_argument("--curvature-batch", type=int, default=PROBE_BATCH,
-                        help="probe.curvature_batch (512)")
+    parser.add_argument("--curvature-batch", type=int, default=None,
+                        help="probe.curvature_batch (default: the probe's batch size)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: a shared "
                         "machine's load then hits both sides alike instead of stalling "
                         "thread pools)")
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     every = min(args.every, steps)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"probe {steps} steps, curvature_every {every}, "
-          f"curvature batch <= {args.curvature_batch}")
+          f"curvature batch {args.curvature_batch or 'probe batch size'}")
     header = (f"{'model':<12}{'batch':>6}{'step ms':>9}{'hvp ms':>9}{'hvp/step':>10}"
               f"{'hvp@probe/step':>16}{'probe s':>9}{'tracked s':>11}{'overhead':>10}"
               f"{'hvps':>6}{'measures':>10}")

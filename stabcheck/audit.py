@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings, SequentialEngine
-from stabcheck.engine.curvature import init_curvature
+from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.initcheck import initial_checks
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
@@ -116,7 +116,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
             init_report = initial_checks(problem, seed, data)
             init_report["curvature"] = init_curvature(problem, seed, data,
                                                       cfg.sweep.batch_sizes,
-                                                      cfg.probe.curvature_batch)
+                                                      cfg.probe.curvature_batch or PROBE_BATCH)
             journal.append_init(seed, init_report)
         for cohort in make_cohorts(todo):
             engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
@@ -143,7 +143,7 @@ def predict_only(loaded: LoadedConfig) -> dict[str, Any]:
     problem = build_problem(loaded)
     data = problem.data.to(problem.device)
     seeds = {str(seed): init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
-                                       cfg.probe.curvature_batch)
+                                       cfg.probe.curvature_batch or PROBE_BATCH)
              for seed in cfg.sweep.seeds}
     ceilings: dict[str, float | None] = {}
     for bs in sorted(cfg.sweep.batch_sizes):

@@ -44,7 +44,7 @@ from torch import nn
 from stabcheck.engine.instruments import seed_everything
 from stabcheck.problem import Batch, LossFn, Problem, TensorData
 
-PROBE_BATCH = 512  # examples in the fixed curvature batch (the full dataset when smaller)
+PROBE_BATCH = 512  # examples in the fixed batch at init (the full dataset when smaller)
 MAX_ITERS = 20  # power-iteration steps per measurement (warm starts usually need far fewer)
 TOL = 1e-3  # relative change of the Rayleigh quotient at which power iteration stops
 NOISE_DRAWS = 8  # gradient pairs averaged for the noise-scale estimate

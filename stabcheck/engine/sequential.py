@@ -61,7 +61,7 @@ class EngineSettings:
     flush_every: int = 50
     timeout_s: float | None = None
     curvature_every: int | None = None
-    curvature_batch: int = 512
+    curvature_batch: int | None = None
 
     @classmethod
     def from_config(cls, probe: Any) -> EngineSettings:
@@ -213,7 +213,8 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
         probe = SequentialProbe(problem, spec, settings, data)
         record.layer_names = list(probe.layers.names)
         tracker = CurvatureTracker(probe.model, problem.loss_fn, data, probe.optimizer,
-                                   spec.seed, probe.device, settings.curvature_batch)
+                                   spec.seed, probe.device,
+                                   settings.curvature_batch or spec.batch_size)
         every = settings.curvature_every
         if every:
             tracker.measure(0, probe.lrs[0])  # sharpness at init, before any step
