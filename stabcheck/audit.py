@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings, SequentialEngine
+from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.initcheck import initial_checks
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
@@ -112,7 +113,11 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
             progress.probe_done(record)
 
         for seed in sorted({p.seed for p in probes} - set(contents.init)):
-            journal.append_init(seed, initial_checks(problem, seed, data))
+            init_report = initial_checks(problem, seed, data)
+            init_report["curvature"] = init_curvature(problem, seed, data,
+                                                      cfg.sweep.batch_sizes,
+                                                      cfg.probe.curvature_batch or PROBE_BATCH)
+            journal.append_init(seed, init_report)
         for cohort in make_cohorts(todo):
             engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
     except KeyboardInterrupt:
@@ -125,6 +130,32 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                     exit_zero=options.exit_zero, fail_on=options.fail_on,
                     wall_time_s=time.perf_counter() - started)
     return result, out_dir
+
+
+def predict_only(loaded: LoadedConfig) -> dict[str, Any]:
+    """``stabcheck audit --predict-only``: curvature at init per seed, no probe training.
+
+    Returns plain data: per seed the init curvature report, and per batch size the predicted
+    LR ceiling (the smallest over seeds: the conservative one).
+    """
+    cfg = loaded.config
+    started = time.perf_counter()
+    problem = build_problem(loaded)
+    data = problem.data.to(problem.device)
+    seeds = {str(seed): init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
+                                       cfg.probe.curvature_batch or PROBE_BATCH)
+             for seed in cfg.sweep.seeds}
+    ceilings: dict[str, float | None] = {}
+    for bs in sorted(cfg.sweep.batch_sizes):
+        values = [s["by_batch_size"][str(bs)]["predicted_lr_ceiling"] for s in seeds.values()
+                  if "by_batch_size" in s]
+        finite = [v for v in values if v is not None]
+        ceilings[str(bs)] = min(finite) if finite else None
+    errors = [s["error"] for s in seeds.values() if "error" in s]
+    return {"name": cfg.name, "predict_only": True, "device": str(problem.device),
+            "optimizer": cfg.optimizer.name, "predicted_lr_ceiling": ceilings,
+            "target_lr": cfg.target_lr, "seeds": seeds, "errors": errors,
+            "timings": {"wall_time_s": round(time.perf_counter() - started, 3)}}
 
 
 def finish(out_dir: Path, contents: JournalContents, interrupted: bool = False,

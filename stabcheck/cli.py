@@ -170,11 +170,14 @@ def cli() -> None:
               help="Batch sizes, comma-separated (overrides sweep.batch_sizes).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
+@click.option("--predict-only", is_flag=True, help="Only measure curvature at init and print "
+              "the predicted LR ceiling per batch size (seconds; no probe is trained).")
 def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt: str | None,
           outputs: tuple[tuple[str | None, Path], ...], traces: Path | None, isolated: bool,
           fail_on: str | None, exit_zero: bool, device: str | None,
           steps: int | None, lr: list[float] | None, seeds: list[int] | None,
-          batch_size: list[int] | None, quiet: bool, verbose: bool) -> int:
+          batch_size: list[int] | None, quiet: bool, verbose: bool,
+          predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
@@ -191,6 +194,8 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
             overrides[key] = value
     defaults, _ = project_defaults(config, isolated)
     loaded = load_config(config, overrides=overrides, defaults=defaults)
+    if predict_only:
+        return _predict_only(loaded, fmt, outputs, quiet)
     rich_ok = use_rich(sys.stderr)
     console = _stderr_console(plain=not rich_ok)
     progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
@@ -202,6 +207,31 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
     return result.exit_code
+
+
+def _predict_only(loaded: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
+                  quiet: bool) -> int:
+    """``audit --predict-only``: init curvature only, as JSON; exit 0, or 3 if no seed could
+    be measured."""
+    from stabcheck.audit import predict_only
+    from stabcheck.report.predict import print_prediction, render_json
+
+    for out_fmt, path in outputs:
+        if out_fmt not in (None, "json"):
+            raise ConfigError(f"-o {out_fmt}={path}: --predict-only writes JSON only")
+    prediction = predict_only(loaded)
+    if not quiet:
+        print_prediction(prediction, _stderr_console())
+    text = render_json(prediction)
+    for _, path in outputs:
+        _write(path, text)
+    if fmt == "json" and not any(f is None for f, _ in outputs):
+        click.echo(text, nl=False)
+    if prediction["errors"] and len(prediction["errors"]) == len(prediction["seeds"]):
+        err = prediction["errors"][0]
+        raise UserCodeError(f"curvature could not be measured: {err.get('type')}: "
+                            f"{err.get('message')}")
+    return 0
 
 
 def _emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],

@@ -170,6 +170,10 @@ class ProbeSection(_Strict):
                                     "stopped and marked 'timeout'")
     curvature_every: int | None = Field(None, gt=0, description="measure sharpness every this "
                                         "many steps; null = off")
+    curvature_batch: int | None = Field(None, gt=0, description="examples in the fixed batch "
+                                        "the sharpness is measured on (the whole dataset when "
+                                        "smaller); null = the probe's own batch size during "
+                                        "probes and 512 at init")
 
     @field_validator("device")
     @classmethod

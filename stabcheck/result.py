@@ -77,6 +77,7 @@ def _probe_json(p: Any) -> dict[str, Any]:
         "nonfinite_kind": r.nonfinite_kind, "nonfinite_module": r.nonfinite_module,
         "stats": p.stats, "findings": sorted({f.code for f in p.findings}),
         "error": r.error, "timings": {"wall_time_s": round(r.wall_time_s, 4)},
+        "curvature": r.curvature,
     }
 
 

@@ -92,3 +92,7 @@ class Thresholds(BaseModel):
     # --- curvature (Cohen et al. 2021/2022) ---
     eos_ratio: float = Field(1.0, gt=0, description="sharpness / stability limit above which a "
                              "probe is past the edge of stability.")
+    lipschitz_growth: float = Field(10.0, gt=1, description="factor by which the Lipschitz "
+                                    "upper bound (product of weight spectral norms) may grow "
+                                    "within a probe before it is reported (stabcheck: one "
+                                    "order of magnitude).")

@@ -17,6 +17,7 @@ import numpy as np
 
 from stabcheck.diagnose import (
     clipping,
+    curvature,
     dynamics,
     execution,
     gradients,
@@ -90,9 +91,10 @@ ProbeDetector = Callable[[ProbeRecord, Context], list[Finding]]
 SweepAnalysis = Callable[[list[ProbeDiagnosis], Context], tuple[dict[str, Any], list[Finding]]]
 
 PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, spikes.detect, dynamics.detect,
-                                         gradients.detect, clipping.detect, execution.detect]
+                                         gradients.detect, clipping.detect, curvature.detect,
+                                         execution.detect]
 SWEEP_ANALYSES: list[SweepAnalysis] = [sweep.analyse, clipping.analyse, gradients.analyse,
-                                       init.analyse, execution.analyse]
+                                       init.analyse, curvature.analyse, execution.analyse]
 
 
 def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:

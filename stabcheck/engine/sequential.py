@@ -61,13 +61,15 @@ class EngineSettings:
     flush_every: int = 50
     timeout_s: float | None = None
     curvature_every: int | None = None
+    curvature_batch: int | None = None
 
     @classmethod
     def from_config(cls, probe: Any) -> EngineSettings:
         """Build from a :class:`stabcheck.config.ProbeSection`."""
         return cls(steps=probe.steps, grad_clip=probe.grad_clip, warmup_steps=probe.warmup_steps,
                    dtype=probe.dtype, flush_every=probe.flush_every, timeout_s=probe.timeout_s,
-                   curvature_every=probe.curvature_every)
+                   curvature_every=probe.curvature_every,
+                   curvature_batch=probe.curvature_batch)
 
 
 class ProbeTimeout(Exception):
@@ -196,6 +198,7 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
 
     ``on_steps(n)`` is called at every flush with the number of steps just completed.
     """
+    from stabcheck.engine.curvature import CurvatureTracker
     from stabcheck.engine.nanlocate import locate_nonfinite
 
     data = data if data is not None else problem.data.to(problem.device)
@@ -204,10 +207,17 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
                          index=spec.index, key=key, outcome="completed",
                          steps_planned=settings.steps, steps_run=0, engine="sequential")
     probe: SequentialProbe | None = None
+    tracker: CurvatureTracker | None = None
     done = 0  # steps finished so far; on an exception, these are kept
     try:
         probe = SequentialProbe(problem, spec, settings, data)
         record.layer_names = list(probe.layers.names)
+        tracker = CurvatureTracker(probe.model, problem.loss_fn, data, probe.optimizer,
+                                   spec.seed, probe.device,
+                                   settings.curvature_batch or spec.batch_size)
+        every = settings.curvature_every
+        if every:
+            tracker.measure(0, probe.lrs[0])  # sharpness at init, before any step
         snap = probe.snapshot(0)
         deadline = started + settings.timeout_s if settings.timeout_s else None
         for t in range(settings.steps):
@@ -231,6 +241,8 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
                     record.nonfinite_module = locate_nonfinite(probe, snap, bad_step, bad.what)
                     break
                 snap = probe.snapshot(done)
+            if every and done % every == 0:
+                tracker.measure(done, probe.lrs[min(done, settings.steps - 1)])
     except ProbeTimeout as exc:
         record.outcome = "timeout"
         record.error = {"type": "Timeout", "message": str(exc), "where": None}
@@ -238,11 +250,14 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
         record.outcome = "oom" if is_oom(exc) else "error"
         record.error = describe_exception(exc)
     record.steps_run = done
+    if tracker is not None:
+        with contextlib.suppress(Exception):
+            record.curvature = tracker.finish(tracked=bool(settings.curvature_every))
     if probe is not None:
         with contextlib.suppress(Exception):  # after an OOM even a copy may fail
             probe.buffer.flush(max(done, probe.buffer.flushed))
         fill_trace(record, probe.buffer.host_stats[:done], probe.buffer.host_layers[:done])
-    del probe
+    del probe, tracker
     free_memory(problem.device)
     record.wall_time_s = time.perf_counter() - started
     return record

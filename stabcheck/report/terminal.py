@@ -180,6 +180,34 @@ def _sensitivity(result: AuditResult) -> RenderableType:
     return lines
 
 
+def _curvature(result: AuditResult) -> RenderableType | None:
+    """Predicted LR ceiling (from init sharpness) beside the observed boundary, per batch."""
+    curv: dict[str, Any] = result.diagnosis.summary.get("curvature") or {}
+    by_bs: dict[str, dict[str, Any]] = curv.get("by_batch_size") or {}
+    if not by_bs:
+        return None
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, int | float) else "–"
+
+    adaptive = curv.get("rule") in ("adam", "rmsprop")
+    table = Table(title="Curvature: LR ceiling predicted from init sharpness vs observed",
+                  title_justify="left", box=None, pad_edge=False)
+    for name in ("batch", "precond. sharpness" if adaptive else "init sharpness",
+                 "predicted ceiling", "max stable LR", "first diverged LR", "max EoS ratio"):
+        table.add_column(name, justify="right")
+    for bs, e in by_bs.items():
+        sharp = e.get("init_preconditioned_sharpness") if adaptive else e.get("init_sharpness")
+        table.add_row(bs, fmt(sharp), fmt(e.get("predicted_lr_ceiling")),
+                      fmt(e.get("observed_max_stable_lr")),
+                      fmt(e.get("observed_min_diverged_lr")), fmt(e.get("max_eos_ratio")))
+    notes = Text(f"stable while sharpness < {curv.get('limit')}", style="dim")
+    if curv.get("b_simple") is not None:
+        notes.append(f"; gradient noise scale B_simple ≈ {curv['b_simple']:.4g} "
+                     "(critical batch-size hint)", style="dim")
+    return Group(table, notes)
+
+
 def verdict_line(result: AuditResult) -> Text:
     """``Verdict: PASSED — reason (exit 0)``."""
     v = result.verdict
@@ -202,6 +230,9 @@ def renderables(result: AuditResult) -> list[RenderableType]:
     out: list[RenderableType] = [head]
     if result.diagnosis.probes:
         out.append(_grid(result))
+    curvature = _curvature(result)
+    if curvature is not None:
+        out.append(curvature)
     out += [Rule("Findings", align="left"), _findings(result.diagnosis.findings),
             Rule("Recommendations", align="left"), _recommendations(result)]
     sensitivity = _sensitivity(result)

@@ -1,0 +1,172 @@
+"""What curvature tracking costs, measured side by side in one run.
+
+    python -m benchmarks.bench_curvature            # full run
+    python -m benchmarks.bench_curvature --quick    # smoke run (seconds)
+
+For each model it prints:
+
+* ``hvp / step`` — one Hessian-vector product (one ``autograd.grad`` on the retained gradient
+  graph, the unit power iteration repeats) against one instrumented training step of the
+  sequential engine, both on the same batch (target <= 1.5x);
+* ``hvp@probe / step`` — the same product on the fixed curvature batch (``--curvature-batch``;
+  by default the probe's batch size, like ``probe.curvature_batch: null``) against a training
+  step, which is what tracking actually pays per product;
+* ``overhead`` — amortised cost of tracking at a cadence: (probe time with
+  ``curvature_every`` - probe time without) / probe time without (target <= 25%), with the
+  products a probe's measurements took in total.
+
+Timings interleave the variants (A B A B ...) and report medians, so that load on a shared
+machine hits both alike. Numbers are ratios on this machine; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from stabcheck.builtins.data import blobs, images, text
+from stabcheck.builtins.models import cnn, mlp, transformer
+from stabcheck.engine.curvature import HessianVectorProduct, probe_batch_index
+from stabcheck.engine.sequential import EngineSettings, SequentialProbe, run_probe
+from stabcheck.plan import ProbeSpec
+from stabcheck.problem import Problem, TensorData, _builtin_criterion, make_loss_fn
+
+
+def _problem(name: str, device: torch.device) -> tuple[Problem, int]:
+    ce = make_loss_fn("cross_entropy", _builtin_criterion("cross_entropy"), "labels")
+    data: tuple[torch.Tensor, torch.Tensor]
+    builder: Callable[[], torch.nn.Module]
+    if name == "mlp":
+        data = blobs(n_samples=2048, n_features=20, n_classes=4)
+        def builder() -> torch.nn.Module:
+            return mlp(in_features=20, hidden=[64, 64], out_features=4)
+        batch = 128
+    elif name == "cnn":
+        data = images(n_samples=1024, image_size=16, n_classes=4)
+        def builder() -> torch.nn.Module:
+            return cnn(in_channels=1, channels=[16, 32], num_classes=4)
+        batch = 64
+    else:
+        data = text(seq_len=32, max_samples=1024)
+        def builder() -> torch.nn.Module:
+            return transformer(vocab_size=128, seq_len=32, d_model=64, n_layers=2, n_heads=4)
+        batch = 32
+
+    def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+    problem = Problem(build_model=builder, data=TensorData(data).to(device), loss_fn=ce,
+                      make_optimizer=make_optimizer, optimizer_name="sgd",
+                      optimizer_kwargs={"momentum": 0.9}, device=device, num_classes=4,
+                      loss_name="cross_entropy")
+    return problem, batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def hvp_vs_step(problem: Problem, batch: int, rounds: int, repeats: int,
+                curvature_batch: int | None = None) -> dict[str, float]:
+    """Median seconds of one training step, one HVP on the same batch, one on the probe batch."""
+    device = problem.device
+    settings = EngineSettings(steps=rounds * repeats * 4 + 8, flush_every=10_000)
+    probe = SequentialProbe(problem, ProbeSpec(batch_size=batch, lr=1e-4, seed=0), settings,
+                            problem.data)
+    frozen = copy.deepcopy(probe.model)  # the training steps below must not touch its graph
+    same = HessianVectorProduct(frozen, problem.loss_fn, problem.data.batch(probe.order[0]))
+    index = probe_batch_index(0, problem.data.n, device, curvature_batch or batch)
+    fixed = HessianVectorProduct(frozen, problem.loss_fn, problem.data.batch(index))
+    v = [torch.randn_like(p) for p in same.params]
+    t = 0
+    steps, hvps, hvps_probe = [], [], []
+
+    def step() -> None:
+        nonlocal t
+        probe.step(t)
+        t += 1
+
+    for _ in range(rounds):
+        steps.append(_time(step, device, repeats))
+        hvps.append(_time(lambda: same(v), device, repeats))
+        hvps_probe.append(_time(lambda: fixed(v), device, repeats))
+    return {"step": statistics.median(steps), "hvp": statistics.median(hvps),
+            "hvp_probe": statistics.median(hvps_probe)}
+
+
+def tracking_overhead(problem: Problem, batch: int, steps: int, every: int,
+                      rounds: int, curvature_batch: int | None = None) -> dict[str, float]:
+    """Median probe wall time without and with ``curvature_every``; products per probe."""
+    spec = ProbeSpec(batch_size=batch, lr=0.01, seed=0)
+    plain = EngineSettings(steps=steps, flush_every=50)
+    tracked = EngineSettings(steps=steps, flush_every=50, curvature_every=every,
+                             curvature_batch=curvature_batch)
+    without, with_, hvps, measures = [], [], 0, 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run_probe(problem, spec, plain, "bench")
+        without.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        record = run_probe(problem, spec, tracked, "bench")
+        with_.append(time.perf_counter() - start)
+        curv = record.curvature or {}
+        hvps, measures = int(curv.get("hvps", 0)), len(curv.get("steps", []))
+    a, b = statistics.median(without), statistics.median(with_)
+    return {"without": a, "with": b, "overhead": (b - a) / a, "hvps": hvps, "measures": measures}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", default="mlp,cnn,transformer")
+    parser.add_argument("--steps", type=int, default=None, help="steps per probe (200)")
+    parser.add_argument("--every", type=int, default=50, help="curvature_every (50)")
+    parser.add_argument("--curvature-batch", type=int, default=None,
+                        help="probe.curvature_batch (default: the probe's batch size)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: a shared "
+                        "machine's load then hits both sides alike instead of stalling "
+                        "thread pools)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rounds, repeats = (2, 2) if args.quick else (5, 10)
+    steps = args.steps or (20 if args.quick else 200)
+    every = min(args.every, steps)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
+          f"probe {steps} steps, curvature_every {every}, "
+          f"curvature batch {args.curvature_batch or 'probe batch size'}")
+    header = (f"{'model':<12}{'batch':>6}{'step ms':>9}{'hvp ms':>9}{'hvp/step':>10}"
+              f"{'hvp@probe/step':>16}{'probe s':>9}{'tracked s':>11}{'overhead':>10}"
+              f"{'hvps':>6}{'measures':>10}")
+    print(header)
+    for name in args.models.split(","):
+        problem, batch = _problem(name.strip(), device)
+        cost = hvp_vs_step(problem, batch, rounds, repeats, args.curvature_batch)
+        over = tracking_overhead(problem, batch, steps, every, 1 if args.quick else 3,
+                                 args.curvature_batch)
+        print(f"{name:<12}{batch:>6}{cost['step'] * 1e3:>9.2f}{cost['hvp'] * 1e3:>9.2f}"
+              f"{cost['hvp'] / cost['step']:>9.2f}x{cost['hvp_probe'] / cost['step']:>15.2f}x"
+              f"{over['without']:>9.2f}{over['with']:>11.2f}{over['overhead']:>9.0%} "
+              f"{over['hvps']:>6}{over['measures']:>10}")
+
+
+if __name__ == "__main__":
+    main()
