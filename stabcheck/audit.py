@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stabcheck.config import LoadedConfig, load_config
-from stabcheck.engine import Engine, EngineSettings, SequentialEngine
+from stabcheck.engine import Engine, EngineSettings
 from stabcheck.engine.initcheck import initial_checks
+from stabcheck.engine.vectorized import select_engine
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
@@ -62,7 +63,8 @@ class AuditOptions:
     exit_zero: bool = False
     fail_on: str | None = None
     progress: Progress = field(default_factory=_NoProgress)
-    engine: Engine | None = None
+    # An engine object, or its name: auto | vectorized | sequential (auto when None).
+    engine: Engine | str | None = None
 
 
 def default_out_dir(name: str) -> Path:
@@ -99,7 +101,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
         done = set()
     todo = [p for p in probes if p.key(digest) not in done]
     keys = {p.index: p.key(digest) for p in probes}
-    engine = options.engine or SequentialEngine()
+    engine = options.engine
     settings = EngineSettings.from_config(cfg.probe)
     progress = options.progress
     interrupted = False
@@ -113,6 +115,11 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
 
         for seed in sorted({p.seed for p in probes} - set(contents.init)):
             journal.append_init(seed, initial_checks(problem, seed, data))
+        if engine is None or isinstance(engine, str):
+            engine, engine_note = select_engine(problem, engine or "auto", settings, data, todo)
+            if engine_note:
+                journal.append_event({"event": "engine", "message": engine_note})
+                progress.note(engine_note)
         for cohort in make_cohorts(todo):
             engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
     except KeyboardInterrupt:

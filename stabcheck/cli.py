@@ -135,12 +135,16 @@ def cli() -> None:
               help="Seeds, comma-separated (overrides sweep.seeds).")
 @click.option("--batch-size", type=_ListType(int, True), default=None,
               help="Batch sizes, comma-separated (overrides sweep.batch_sizes).")
+@click.option("--engine", type=click.Choice(["auto", "vectorized", "sequential"]),
+              default="auto", show_default=True,
+              help="How probes run: vectorized (stacked, vmap-ed cohorts), sequential (one "
+              "at a time), or auto (vectorized when the model allows, else sequential).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt: str | None,
           output: Path | None, fail_on: str | None, exit_zero: bool, device: str | None,
           steps: int | None, lr: list[float] | None, seeds: list[int] | None,
-          batch_size: list[int] | None, quiet: bool, verbose: bool) -> int:
+          batch_size: list[int] | None, engine: str, quiet: bool, verbose: bool) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
@@ -160,7 +164,8 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
     progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
-                           exit_zero=exit_zero, fail_on=fail_on, progress=progress)
+                           exit_zero=exit_zero, fail_on=fail_on, progress=progress,
+                           engine=engine)
     result, results_dir = run_audit(loaded, options)
     _emit(result, fmt, output, console, quiet)
     if not quiet:

@@ -340,7 +340,7 @@ class _CohortRun:
                            for n in layout.names]) for m in models])
             trainable = set(layout.names)
             consts: dict[str, torch.Tensor] = {}
-            for name, t in [*self.base.named_parameters(), *self.base.named_buffers()]:
+            for name, _ in [*self.base.named_parameters(), *self.base.named_buffers()]:
                 if name not in trainable:
                     consts[name] = torch.stack([_tensor_of(m, name).detach() for m in models])
         self.consts = consts
@@ -625,6 +625,7 @@ class VectorizedEngine:
         try:
             _run_stacked(problem, probes, settings, keys, data, emit, on_steps,
                          self.grad_mode, self.compile_step)
+            free_memory(problem.device)
             return
         except Exception as exc:
             failure = exc
@@ -714,8 +715,6 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
                 "message": f"cohort ran past probe.timeout_s={settings.timeout_s:g}s at step "
                            f"{t - 1}"}
         finish(member, t)
-    del run
-    free_memory(problem.device)
 
 
 # --------------------------------------------------------------------------- selection
