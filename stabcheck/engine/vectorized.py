@@ -30,7 +30,6 @@ control flow, in-place updates of module state, ...).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import time
@@ -38,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
@@ -198,14 +198,17 @@ class _VecOptimizer:
         self.state: dict[str, torch.Tensor] = {}
         self.t = 0  # optimizer steps taken (Adam's bias correction)
 
-    def step(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """The updated parameters (a new tensor); ``lr`` is ``[P]`` float64."""
+    def step(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor,
+             neg_lr: torch.Tensor) -> torch.Tensor:
+        """The updated parameters (a new tensor). ``lr`` is ``[P]`` float64; ``neg_lr`` is
+        ``-lr`` as a float32 ``[P, 1]`` column."""
         self.t += 1
         if self.kind == "sgd":
-            return self._sgd(flat, grad, lr)
+            return self._sgd(flat, grad, neg_lr)
         return self._adam(flat, grad, lr)
 
-    def _sgd(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    def _sgd(self, flat: torch.Tensor, grad: torch.Tensor, neg_lr: torch.Tensor
+             ) -> torch.Tensor:
         g = grad.add(flat, alpha=self.weight_decay) if self.weight_decay else grad
         if self.momentum:
             buf = self.state.get("momentum_buffer")
@@ -215,7 +218,7 @@ class _VecOptimizer:
             else:
                 buf.mul_(self.momentum).add_(g, alpha=1 - self.dampening)
             g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
-        return flat.addcmul(g, _col(-lr))
+        return flat.addcmul(g, neg_lr)
 
     def _adam(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         base, g = flat, grad
@@ -350,22 +353,21 @@ class _CohortRun:
         P = len(self.probes)
         self.rows = torch.arange(P, device=device)  # buffer row of each live member
         self.members = list(range(P))                # probe index (into self.probes) per row
-        self.layer_lengths = torch.tensor(layout.layer_sizes, device=device).expand(P, -1)
         steps = settings.steps
         warm = warmup_factors(steps, settings.warmup_steps)
         lrs = torch.tensor([spec.lr for spec in self.probes], dtype=torch.float64)
         # Per member, per step: lr * warmup, as the sequential engine computes it.
         self.lr64 = (warm[:, None] * lrs[None, :]).to(device)            # [steps, P]
+        self.neg_lr = (-self.lr64).to(torch.float32).unsqueeze(-1)       # [steps, P, 1]
         self.order = torch.stack([batch_order(s.seed, data.n, s.batch_size, steps)
                                   for s in self.probes], dim=1).to(device)  # [steps, P, B]
         self.optimizer = _VecOptimizer(problem.optimizer_name, problem.optimizer_kwargs)
         self.buffer = StatBuffer(steps, len(layout.layers.names), device, leading=(P,))
         self.buffer.stats[:, :, COL["lr"]] = self.lr64.T.float()
         self.buffer.stats[:, :, COL["skipped"]] = 0.0
-        self.alive = torch.ones(P, dtype=torch.bool, device=device)
+        self.zeros = torch.zeros(P, device=device)
         with torch.no_grad():
-            self.param_norm = torch.linalg.vector_norm(self.flat.detach(), dim=1,
-                                                       dtype=torch.float64)
+            self.param_norm = torch.linalg.vector_norm(self.flat.detach(), dim=1)
         self._loss_grad = self._build_loss_grad(compile_step)
         self.steps_done = 0
 
@@ -414,19 +416,36 @@ class _CohortRun:
 
     # ---- one step ----------------------------------------------------------------------
 
+    def _layer_norms(self, grad: torch.Tensor) -> torch.Tensor:
+        """``[P, L]`` per-layer gradient norms.
+
+        In float32, which is 3-4x cheaper than the sequential engine's float64 and agrees
+        with it to ~1e-7 — until a sum of squares overflows (elements past ~1e19). That
+        only happens to a member that is exploding, and such a member's non-finite
+        statistics send it to an exact sequential replay (see :func:`_run_stacked`).
+        """
+        sizes = self.layout.layer_sizes
+        if len(sizes) <= 32:  # a few reductions over contiguous slices: cheapest
+            return torch.stack([torch.linalg.vector_norm(part, dim=1)
+                                for part in grad.split(sizes, dim=1)], dim=1)
+        lengths = torch.tensor(sizes, device=grad.device).expand(grad.shape[0], -1)
+        return torch.segment_reduce(grad.square(), "sum", lengths=lengths, axis=1).sqrt()
+
     def step(self, t: int) -> None:
-        """Train every live member one step and write its statistics into the buffer."""
-        idx = self.order[t] if len(self.members) == len(self.probes) \
-            else self.order[t].index_select(0, self.rows)
-        lr = self.lr64[t] if len(self.members) == len(self.probes) \
-            else self.lr64[t].index_select(0, self.rows)
+        """Train every live member one step and write its statistics into the buffer.
+
+        Nothing here waits for the device: the host learns about a non-finite member at the
+        next flush, where :meth:`keep` drops it so it is not stepped again.
+        """
+        full = len(self.members) == len(self.probes)
+        idx = self.order[t] if full else self.order[t].index_select(0, self.rows)
+        lr = self.lr64[t] if full else self.lr64[t].index_select(0, self.rows)
+        neg_lr = self.neg_lr[t] if full else self.neg_lr[t].index_select(0, self.rows)
         losses, grad = self._loss_grad(self.flat, self.data.batch(idx))
         with torch.no_grad():
             flat = self.flat.detach()
-            # Float64 accumulation, as in the sequential engine: one sum of squares per layer.
-            layer_sq = torch.segment_reduce(grad.to(torch.float64).square(), "sum",
-                                            lengths=self.layer_lengths, axis=1)
-            grad_norm = layer_sq.sum(dim=1).sqrt()
+            layer_norms = self._layer_norms(grad)
+            grad_norm = layer_norms.to(torch.float64).square().sum(dim=1).sqrt()
             clip = self.settings.grad_clip
             if clip is not None:
                 # torch.nn.utils.clip_grad_norm_'s rule: scale by clip / (norm + eps), ≤ 1.
@@ -434,26 +453,21 @@ class _CohortRun:
                 grad.mul_(_col(coef))
                 clipped = (coef < 1.0).float()
             else:
-                clipped = torch.zeros_like(losses)
-            ok = self.alive & torch.isfinite(losses) & torch.isfinite(grad_norm)
-            new = self.optimizer.step(flat, grad, lr)
-            # The step's statistics are those of the update as computed (as sequential records
-            # them); then a member whose loss or gradient went non-finite is frozen.
-            update_norm = torch.linalg.vector_norm(new - flat, dim=1, dtype=torch.float64)
-            new_norm = torch.linalg.vector_norm(new, dim=1, dtype=torch.float64)
+                clipped = self.zeros
+            new = self.optimizer.step(flat, grad, lr, neg_lr)
+            update_norm = torch.linalg.vector_norm(new - flat, dim=1)
+            new_norm = torch.linalg.vector_norm(new, dim=1)
             ratio = update_norm / self.param_norm.clamp(min=1e-30)
-            self.alive = ok & torch.isfinite(new_norm)
-            new = torch.where(self.alive.unsqueeze(1), new, flat)
-            self.param_norm = torch.where(self.alive, new_norm, self.param_norm)
+            self.param_norm = new_norm
             row = torch.stack([losses.float(), grad_norm.float(), clipped, ratio.float(),
                                new_norm.float()], dim=1)
             stats, layers = self.buffer.stats[:, t], self.buffer.layers[:, t]
-            if len(self.members) == len(self.probes):
+            if full:
                 stats[:, : row.shape[1]] = row
-                layers.copy_(layer_sq.sqrt().float())
+                layers.copy_(layer_norms)
             else:
                 stats[:, : row.shape[1]] = stats[:, : row.shape[1]].index_copy(0, self.rows, row)
-                layers.index_copy_(0, self.rows, layer_sq.sqrt().float())
+                layers.index_copy_(0, self.rows, layer_norms.float())
         self.flat = new.requires_grad_(self.grad_mode == "sum")
         self.steps_done = t + 1
 
@@ -465,10 +479,9 @@ class _CohortRun:
             self.consts = {k: v[pos] for k, v in self.consts.items()}
         self.optimizer.keep(pos)
         self.param_norm = self.param_norm[pos]
-        self.alive = self.alive[pos]
+        self.zeros = self.zeros[pos]
         self.rows = self.rows[pos]
         self.members = [self.members[i] for i in keep_rows]
-        self.layer_lengths = self.layer_lengths[: len(keep_rows)]
 
     def snapshot(self) -> dict[str, Any]:
         """Weights and optimizer state of every live member, to replay a failing step."""
@@ -649,8 +662,6 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
                  keys: dict[int, str], data: TensorData, emit: RecordSink,
                  on_steps: StepSink | None, grad_mode: str, compile_step: bool) -> None:
     """The hot loop of one stacked group. Raises on failure; emitted records stay emitted."""
-    from stabcheck.engine.nanlocate import locate_nonfinite
-
     started = time.perf_counter()
     run = _CohortRun(problem, probes, settings, data, grad_mode, compile_step)
     names = list(run.layout.layers.names)
@@ -662,14 +673,6 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
     snap = run.snapshot()
     deadline = started + settings.timeout_s if settings.timeout_s else None
     timed_out = False
-
-    def finish(member: int, steps_run: int) -> None:
-        record = records[member]
-        record.steps_run = steps_run
-        fill_trace(record, run.buffer.host_stats[member, :steps_run],
-                   run.buffer.host_layers[member, :steps_run])
-        record.wall_time_s = (time.perf_counter() - started) * share
-        emit(record)
 
     t = 0
     while t < settings.steps and run.members:
@@ -685,23 +688,16 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
             on_steps((t - lo) * len(run.members))
         keep: list[int] = []
         for pos, member in enumerate(run.members):
-            row = int(run.rows[pos])
-            bad = first_nonfinite(run.buffer.host_stats[row, lo:t])
-            if bad is None:
+            if first_nonfinite(run.buffer.host_stats[member, lo:t]) is None:
                 keep.append(pos)
                 continue
-            bad_step = lo + bad.row
-            record = records[member]
-            record.outcome = "nonfinite"
-            record.first_nonfinite_step = bad_step
-            record.nonfinite_what = bad.what
-            record.nonfinite_kind = bad.kind
-            with contextlib.suppress(Exception):  # localisation is best effort
-                probe = run.sequential_probe(snap, member)
-                record.nonfinite_module = locate_nonfinite(probe, probe.snapshot(snap["step"]),
-                                                           bad_step, bad.what)
-                del probe
-            finish(member, bad_step + 1)
+            # Replay this member from the last flush with the sequential engine: its float64
+            # statistics decide whether and where it went non-finite, and name the module.
+            probe = run.sequential_probe(snap, member)
+            head = (run.buffer.host_stats[member], run.buffer.host_layers[member])
+            _finish_sequentially(probe, records[member], head, snap["step"], settings, emit,
+                                 started, share)
+            del probe
         if len(keep) < len(run.members):
             run.keep(keep)
         if timed_out:
@@ -714,7 +710,55 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
                 "type": "Timeout", "where": None,
                 "message": f"cohort ran past probe.timeout_s={settings.timeout_s:g}s at step "
                            f"{t - 1}"}
-        finish(member, t)
+        fill_trace(records[member], run.buffer.host_stats[member, :t],
+                   run.buffer.host_layers[member, :t])
+        records[member].steps_run = t
+        records[member].wall_time_s = (time.perf_counter() - started) * share
+        emit(records[member])
+
+
+def _finish_sequentially(probe: SequentialProbe, record: ProbeRecord, head: tuple[Any, Any],
+                         start: int, settings: EngineSettings, emit: RecordSink,
+                         started: float, share: float) -> None:
+    """Finish a member that showed non-finite statistics, as the sequential engine would.
+
+    ``probe`` holds the member's state at step ``start`` (the last flush) and ``head`` its
+    vectorized statistics before that. Steps ``start…`` are replayed with the sequential
+    engine's float64 statistics; the first non-finite one ends the probe and is localised,
+    as in :func:`~stabcheck.engine.sequential.run_probe`. If there is none (a float32
+    overflow of a finite, exploding norm), the probe goes on sequentially to the end.
+    """
+    from stabcheck.engine.nanlocate import locate_nonfinite
+
+    snap = probe.snapshot(start)
+    probe.buffer.flushed = start  # rows before ``start`` come from the vectorized run
+    done = start
+    for step in range(start, settings.steps):
+        probe.step(step)
+        done = step + 1
+        if done % settings.flush_every and done != settings.steps:
+            continue
+        lo = probe.buffer.flushed
+        chunk, _ = probe.buffer.flush(done)
+        bad = first_nonfinite(chunk)
+        if bad is not None:
+            bad_step = lo + bad.row
+            done = bad_step + 1
+            record.outcome = "nonfinite"
+            record.first_nonfinite_step = bad_step
+            record.nonfinite_what = bad.what
+            record.nonfinite_kind = bad.kind
+            record.nonfinite_module = locate_nonfinite(probe, snap, bad_step, bad.what)
+            break
+        snap = probe.snapshot(done)
+    record.steps_run = done
+    record.notes.append(f"steps {start}-{done - 1} replayed with the sequential engine after "
+                        "non-finite statistics")
+    stats = np.concatenate([head[0][:start], probe.buffer.host_stats[start:done]])
+    layers = np.concatenate([head[1][:start], probe.buffer.host_layers[start:done]])
+    fill_trace(record, stats, layers)
+    record.wall_time_s = (time.perf_counter() - started) * share
+    emit(record)
 
 
 # --------------------------------------------------------------------------- selection
