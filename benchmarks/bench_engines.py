@@ -37,8 +37,8 @@ import yaml
 from stabcheck.builtins.models import MODELS
 from stabcheck.config import load_config
 from stabcheck.engine import SequentialEngine
-from stabcheck.engine.sequential import EngineSettings
-from stabcheck.engine.vectorized import VectorizedEngine
+from stabcheck.engine.sequential import EngineSettings, SequentialProbe
+from stabcheck.engine.vectorized import VectorizedEngine, _CohortRun
 from stabcheck.plan import make_cohorts, plan_probes
 from stabcheck.problem import Problem, build_problem
 
@@ -89,7 +89,7 @@ def grids(quick: bool, device: str) -> list[Grid]:
     """The grids of the issue: quickstart, width 256, and on a GPU two <= 5M models."""
     lrs, seeds, bss = [0.001, 0.003, 0.01, 0.03], [0, 1, 2], [32, 128]
     if quick:
-        return [_mlp_grid("quickstart (quick)", 64, 10, lrs[:2], [0, 1], [32], device)]
+        return [_mlp_grid("quickstart (quick)", 64, 6, lrs[:2], [0], [32], device)]
     out = [_mlp_grid("quickstart mlp w64", 64, 200, lrs, seeds, bss, device),
            _mlp_grid("mlp w256", 256, 200, lrs, seeds, bss, device)]
     if device.startswith("cuda"):
@@ -189,13 +189,71 @@ def bench(grid: Grid, repeats: int, workdir: Path) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _bare_step(problem: Problem, lr: float, data: Any, order: torch.Tensor
+               ) -> Callable[[int], None]:
+    """One user-style training step of a fresh model: forward, loss, backward, step."""
+    model = problem.build_model().to(problem.device)
+    opt = problem.make_optimizer(list(model.parameters()), lr)
+
+    def step(t: int) -> None:
+        loss = problem.loss_fn(model, data.batch(order[t]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def step_overhead(grid: Grid, workdir: Path, steps: int, repeats: int) -> list[str]:
+    """Per-step cost of the instruments: instrumented vs bare step, for both engines.
+
+    Sequential: :class:`SequentialProbe` ``.step`` against the bare user step (forward, loss,
+    backward, ``optimizer.step``) of the same model. Vectorized: the engine's step against
+    the same stacked step with nothing measured (``step_uninstrumented``). Setup is excluded.
+    """
+    problem, config = load_problem(grid, workdir)
+    data = problem.data.to(problem.device)
+    lines = []
+    for cohort in make_cohorts(plan_probes(config)):
+        settings = EngineSettings(steps=steps)
+        spec = cohort.probes[0]
+        seq = SequentialProbe(problem, spec, settings, data)
+        bare_seq = _bare_step(problem, spec.lr, data, seq.order)
+        vec = _CohortRun(problem, cohort.probes, settings, data)
+        bare_vec = _CohortRun(problem, cohort.probes, settings, data)
+        variants: dict[str, Callable[[int], None]] = {
+            "bare": bare_seq, "seq": seq.step,
+            "vbare": bare_vec.step_uninstrumented, "vec": vec.step}
+        per_step: dict[str, list[float]] = {k: [] for k in variants}
+        chunk = steps // (repeats + 1)
+        for r in range(repeats + 1):  # round 0 warms up
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                for t in range(r * chunk, (r + 1) * chunk):
+                    fn(t)
+                _sync(problem.device)
+                if r:
+                    per_step[name].append((time.perf_counter() - start) / chunk)
+        m = {k: statistics.median(v) * 1e6 for k, v in per_step.items()}
+        seq_over = (m["seq"] - m["bare"]) / m["bare"]
+        vec_over = (m["vec"] - m["vbare"]) / m["vbare"]
+        lines.append(
+            f"{grid.name + f' bs{cohort.batch_size}':<36} {len(cohort.probes):>7} "
+            f"{m['bare']:>8.0f}us {m['seq']:>8.0f}us {seq_over:>+8.1%} "
+            f"{m['vbare']:>9.0f}us {m['vec']:>9.0f}us {vec_over:>+8.1%}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny grid, one repeat")
     parser.add_argument("--repeats", type=int, default=None, help="rounds (default 3)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", default=None, help="run only grids whose name contains this")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every variant (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
     print(f"torch {torch.__version__} · device {args.device} · "
           f"{torch.get_num_threads()} threads · {os.cpu_count()} cpus · {_load()}")
@@ -215,6 +273,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{(t['sequential'] - t['plain']) / t['plain']:>+8.1%}")
             print(rows[-1] if len(rows) > 1 else header + "\n" + rows[-1], flush=True)
     print(f"medians of {repeats} interleaved rounds · {_load()}")
+    print()
+    print("per-step instrumentation overhead (setup excluded; a vectorized step trains the "
+          "whole cohort)")
+    print(f"{'grid':<36} {'members':>7} {'bare':>10} {'seq step':>10} {'overhead':>9} "
+          f"{'vec bare':>11} {'vec step':>11} {'overhead':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for grid in grids(args.quick, args.device):
+            if args.only and args.only not in grid.name:
+                continue
+            steps = 8 if args.quick else 200
+            for line in step_overhead(grid, Path(tmp), steps, max(repeats, 3)):
+                print(line, flush=True)
+    print(f"medians · {_load()}")
     return 0
 
 

@@ -6,7 +6,7 @@ Probes that share a batch size share every tensor shape, so their models can be 
   initialisation), then its trainable parameters are laid out side by side in **one flat
   ``[P, N]`` tensor** (parameters grouped by layer, so every layer is one contiguous slice);
 * the forward pass runs under :func:`torch.func.vmap` (``randomness="different"``) over
-  ``functional_call`` of one base module, on views of that flat tensor;
+  one base module whose parameters are swapped for views of that flat tensor;
 * the gradient comes back as one ``[P, N]`` tensor (backward of the summed per-member
   losses by default, or ``vmap(grad)``); norms, clipping and the optimizer update are then a
   handful of whole-cohort tensor operations instead of one per parameter per probe;
@@ -30,6 +30,7 @@ control flow, in-place updates of module state, ...).
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import time
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from stabcheck.engine.instruments import (
     CLIP_EPS,
@@ -58,7 +59,6 @@ from stabcheck.engine.sequential import (
     autocast,
     describe_exception,
     fill_trace,
-    free_memory,
     is_oom,
     run_probe,
 )
@@ -166,6 +166,15 @@ def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorDa
     return None
 
 
+def free_memory(device: torch.device) -> None:
+    """Hand cached accelerator memory back between cohorts. On the CPU, reference counting
+    already freed the tensors, and a full ``gc.collect`` costs ~0.1 s in a process that has
+    imported torch, so nothing is done."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 # --------------------------------------------------------------------------- optimizers
 
 
@@ -264,17 +273,53 @@ class _VecOptimizer:
 # --------------------------------------------------------------------------- one cohort
 
 
-class _Bound:
-    """``module(*args)`` as a ``functional_call`` with one member's parameters."""
+class _Swap:
+    """Run a module with other tensors in place of its parameters and buffers.
 
-    def __init__(self, base: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-        self.base, self.tensors = base, tensors
+    What ``torch.func.functional_call`` does, minus its per-call bookkeeping (which costs
+    more than a tiny model's forward): the slots every tensor occupies — several, for tied
+    weights — are found once, then each call swaps the tensors in and back out.
+    """
+
+    def __init__(self, base: nn.Module) -> None:
+        self.base = base
+        canonical: dict[int, str] = {}
+        for name, t in [*base.named_parameters(), *base.named_buffers()]:
+            canonical.setdefault(id(t), name)
+        self.slots: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        for kind in ("_parameters", "_buffers"):
+            for _, module in base.named_modules(remove_duplicate=False):
+                for attr, t in getattr(module, kind).items():
+                    if t is None or id(t) not in canonical:
+                        continue
+                    self.slots.setdefault(canonical[id(t)], []).append(
+                        (getattr(module, kind), attr))
+
+    def call(self, tensors: dict[str, torch.Tensor], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+        saved = []
+        try:
+            for name, value in tensors.items():
+                for store, attr in self.slots[name]:
+                    saved.append((store, attr, store[attr]))
+                    store[attr] = value
+            return self.base(*args, **kwargs)
+        finally:
+            for store, attr, original in reversed(saved):
+                store[attr] = original
+
+
+class _Bound:
+    """``module(*args)`` with one member's parameters (see :class:`_Swap`)."""
+
+    def __init__(self, swap: _Swap, tensors: dict[str, torch.Tensor]) -> None:
+        self.swap, self.tensors = swap, tensors
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.base, self.tensors, args, kwargs, strict=False)
+        return self.swap.call(self.tensors, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:  # e.g. a loss that reads model.num_classes
-        return getattr(self.base, name)
+        return getattr(self.swap.base, name)
 
 
 @dataclass(frozen=True)
@@ -332,6 +377,7 @@ class _CohortRun:
             model.train()
             models.append(model)
         self.base = models[0]
+        self.swap = _Swap(self.base)
         self.layout = layout = _Layout.of(self.base)
         for model in models[1:]:
             if _Layout.of(model).shapes != layout.shapes or \
@@ -376,7 +422,7 @@ class _CohortRun:
     def _member_loss(self, params: dict[str, torch.Tensor], consts: dict[str, torch.Tensor],
                      batch: Batch) -> torch.Tensor:
         with autocast(self.device, self.settings.dtype):
-            loss = self.problem.loss_fn(_Bound(self.base, {**params, **consts}), batch)  # type: ignore[arg-type]
+            loss = self.problem.loss_fn(_Bound(self.swap, {**params, **consts}), batch)  # type: ignore[arg-type]
         return loss.float().reshape(())
 
     def _views(self, flat: torch.Tensor, lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -445,7 +491,7 @@ class _CohortRun:
         with torch.no_grad():
             flat = self.flat.detach()
             layer_norms = self._layer_norms(grad)
-            grad_norm = layer_norms.to(torch.float64).square().sum(dim=1).sqrt()
+            grad_norm = torch.linalg.vector_norm(layer_norms, dim=1)
             clip = self.settings.grad_clip
             if clip is not None:
                 # torch.nn.utils.clip_grad_norm_'s rule: scale by clip / (norm + eps), ≤ 1.
@@ -459,8 +505,7 @@ class _CohortRun:
             new_norm = torch.linalg.vector_norm(new, dim=1)
             ratio = update_norm / self.param_norm.clamp(min=1e-30)
             self.param_norm = new_norm
-            row = torch.stack([losses.float(), grad_norm.float(), clipped, ratio.float(),
-                               new_norm.float()], dim=1)
+            row = torch.stack([losses, grad_norm, clipped, ratio, new_norm], dim=1)
             stats, layers = self.buffer.stats[:, t], self.buffer.layers[:, t]
             if full:
                 stats[:, : row.shape[1]] = row
@@ -470,6 +515,13 @@ class _CohortRun:
                 layers.index_copy_(0, self.rows, layer_norms.float())
         self.flat = new.requires_grad_(self.grad_mode == "sum")
         self.steps_done = t + 1
+
+    def step_uninstrumented(self, t: int) -> None:
+        """Step ``t`` without measuring anything: the benchmark's bare baseline."""
+        _, grad = self._loss_grad(self.flat, self.data.batch(self.order[t]))
+        with torch.no_grad():
+            new = self.optimizer.step(self.flat.detach(), grad, self.lr64[t], self.neg_lr[t])
+        self.flat = new.requires_grad_(self.grad_mode == "sum")
 
     def keep(self, keep_rows: list[int]) -> None:
         """Stop stepping every member except those at positions ``keep_rows``."""
