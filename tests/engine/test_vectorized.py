@@ -8,6 +8,7 @@ clipping, timeouts, errors, cohort splitting, and every fallback with its one-li
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,35 @@ def test_cuda_matches_sequential(write_config, dtype: str) -> None:  # type: ign
             assert record.outcome == "completed"
             np.testing.assert_allclose(record.series("loss"), seq[index].series("loss"),
                                        rtol=3e-2)
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vectorized", "auto"])
+def test_cli_engine_option(write_config, tmp_path: Path, engine: str) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from stabcheck.cli import cli
+
+    path = write_config({"probe": {**PROBE, "steps": 6}})
+    result = CliRunner().invoke(cli, ["audit", str(path), "--out", str(tmp_path / "r"),
+                                      "--format", "json", "--engine", engine])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    expected = "sequential" if engine == "sequential" else "vectorized"
+    assert {p["engine"] for p in report["probes"]} == {expected}
+
+
+def test_cli_shows_the_fallback_note(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from stabcheck.cli import cli
+
+    path = write_config({"probe": {**PROBE, "steps": 6}, "model": {
+        "builtin": "mlp", "kwargs": {"in_features": 4, "hidden": [8], "out_features": 3,
+                                     "norm": "batchnorm"}}})
+    result = CliRunner().invoke(cli, ["audit", str(path), "--out", str(tmp_path / "r"),
+                                      "--format", "text"])
+    lines = [line for line in result.stderr.splitlines()
+             if "sequential engine used" in line and "BatchNorm1d" in line]
+    assert lines and all(line.startswith("note: ") for line in lines)
+    bad = CliRunner().invoke(cli, ["audit", str(path), "--engine", "fast"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
