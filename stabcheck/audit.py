@@ -120,6 +120,11 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
             if engine_note:
                 journal.append_event({"event": "engine", "message": engine_note})
                 progress.note(engine_note)
+        if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
+            def on_note(message: str) -> None:
+                journal.append_event({"event": "engine", "message": message})
+                progress.note(message)
+            engine.on_note = on_note  # type: ignore[union-attr]
         for cohort in make_cohorts(todo):
             engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
     except KeyboardInterrupt:

@@ -647,6 +647,10 @@ def max_members(problem: Problem, settings: EngineSettings, data: TensorData,
 # --------------------------------------------------------------------------- engine
 
 
+class _SinkFailure(Exception):
+    """``on_record`` raised: re-raised as is, never answered with a sequential re-run."""
+
+
 class VectorizedEngine:
     """Runs each cohort as one stacked, ``vmap``-ed training loop."""
 
@@ -660,6 +664,8 @@ class VectorizedEngine:
         self.compile_step = _compile_requested() if compile_step is None else compile_step
         self.max_cohort = max_cohort
         self._fit: dict[int, int] = {}
+        # Where one-line notes go (the audit journals them so the report shows them).
+        self.on_note: Callable[[str], None] | None = None
 
     def run_cohort(self, problem: Problem, cohort: Cohort, settings: EngineSettings,
                    keys: dict[int, str], data: TensorData, on_record: RecordSink,
@@ -685,13 +691,18 @@ class VectorizedEngine:
 
         def emit(record: ProbeRecord) -> None:
             done.add(record.index)
-            on_record(record)
+            try:
+                on_record(record)
+            except Exception as exc:  # the sink's own failure is not the engine's
+                raise _SinkFailure from exc
 
         try:
             _run_stacked(problem, probes, settings, keys, data, emit, on_steps,
                          self.grad_mode, self.compile_step)
             free_memory(problem.device)
             return
+        except _SinkFailure as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
         except Exception as exc:
             failure = exc
         rest = [p for p in probes if p.index not in done]
@@ -704,6 +715,8 @@ class VectorizedEngine:
         info = describe_exception(failure)
         note = (f"vectorized engine failed ({info['type']}: {info['message'][:120]}); "
                 "probe re-run with the sequential engine")
+        if self.on_note is not None:
+            self.on_note(f"{len(rest)} probe(s) at batch size {rest[0].batch_size}: {note}")
         for spec in rest:
             record = run_probe(problem, spec, settings, keys[spec.index], data, on_steps)
             record.notes.append(note)

@@ -180,7 +180,10 @@ def test_an_error_mid_run_reruns_the_cohort_sequentially(write_config, write_mod
     problem, config = _problem(write_config, {
         "model": {"builtin": None, "factory": "./flaky.py:build", "kwargs": {}},
         "probe": PROBE})
-    records = _run(VectorizedEngine(), problem, config)
+    engine, notes = VectorizedEngine(), []
+    engine.on_note = notes.append  # the audit journals these, so the report shows them
+    records = _run(engine, problem, config)
+    assert len(notes) == 1 and "RuntimeError: transient failure" in notes[0]
     assert {r.engine for r in records.values()} == {"sequential"}
     assert {r.outcome for r in records.values()} == {"completed"}
     assert all("re-run with the sequential engine" in r.notes[0] for r in records.values())
@@ -217,6 +220,19 @@ CUSTOM_OPTIMIZER = """
     class MySGD(torch.optim.SGD):
         pass
 """
+
+
+def test_a_failing_record_sink_is_not_answered_with_a_rerun(write_config) -> None:  # type: ignore[no-untyped-def]
+    problem, config = _problem(write_config, {"probe": PROBE})
+
+    def sink(record: ProbeRecord) -> None:
+        raise OSError("disk full")
+
+    probes = plan_probes(config)
+    with pytest.raises(OSError, match="disk full"):
+        VectorizedEngine().run_cohort(problem, make_cohorts(probes)[0],
+                                      EngineSettings.from_config(config.probe),
+                                      {p.index: "k" for p in probes}, problem.data, sink)
 
 
 @pytest.mark.parametrize("case,expect", [
