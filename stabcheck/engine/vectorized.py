@@ -103,6 +103,10 @@ def optimizer_reason(problem: Problem) -> str | None:
         if key in defaults and defaults[key] == value:
             continue
         return f"{name} option {key}={value!r} has no vectorized implementation"
+    try:  # options torch.optim itself rejects (e.g. nesterov without momentum)
+        problem.make_optimizer([nn.Parameter(torch.zeros(1))], 0.1)
+    except Exception as exc:
+        return f"the optimizer cannot be built ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -153,10 +157,23 @@ def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorDa
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
             return f"parameter {missing[0]}{more} gets no gradient"
         first = [p for p in probes if p.batch_size == bs][:2]
-        trial = _CohortRun(problem, first, EngineSettings(steps=1, dtype=settings.dtype,
-                                                          grad_clip=settings.grad_clip), data)
+        one = EngineSettings(steps=1, dtype=settings.dtype, grad_clip=settings.grad_clip)
+        trial = _CohortRun(problem, first, one, data)
         trial.step(0)
-        trial.buffer.flush(1)
+        vec_stats, vec_layers = trial.buffer.flush(1)
+        # The same step by the reference: a model that hides state from the parameter swap
+        # (a cached weight, a Python-side counter) runs under vmap but computes differently.
+        reference = SequentialProbe(problem, first[0], one, data)
+        reference.step(0)
+        seq_stats, seq_layers = reference.buffer.flush(1)
+        rtol = 1e-3 if settings.dtype == "float32" else 5e-2
+        cols = [COL["loss"], COL["grad_norm"]]
+        if not (np.allclose(vec_stats[0, 0, cols], seq_stats[0, cols], rtol=rtol, atol=1e-6,
+                            equal_nan=True)
+                and np.allclose(vec_layers[0, 0], seq_layers[0], rtol=rtol, atol=1e-6,
+                                equal_nan=True)):
+            return ("a trial step under vmap disagrees with the sequential engine (the model "
+                    "may keep state outside its parameters and buffers)")
     except Exception as exc:
         detail = str(exc).strip().splitlines()
         return (f"the model does not run under vmap ({type(exc).__name__}: "
@@ -203,7 +220,7 @@ class _VecOptimizer:
         self.nesterov = bool(opts.get("nesterov", False))
         betas = opts.get("betas") or (0.9, 0.999)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
-        self.eps = float(opts.get("eps") or 1e-8)
+        self.eps = float(opts["eps"]) if opts.get("eps") is not None else 1e-8
         self.state: dict[str, torch.Tensor] = {}
         self.t = 0  # optimizer steps taken (Adam's bias correction)
 
@@ -550,9 +567,6 @@ class _CohortRun:
         with torch.no_grad():
             for name, (lo, hi) in slices.items():
                 named[name].copy_(snap["flat"][pos, lo:hi].view_as(named[name]))
-            for name, value in self.consts.items():
-                if name in named:
-                    named[name].copy_(value[0])  # frozen parameters are the same for all
         self.optimizer.load_into(probe.optimizer, snap["optimizer"], pos, slices, named)
         with torch.no_grad():
             probe.param_norm = probe._norm(probe.params)

@@ -215,6 +215,20 @@ UNUSED_PARAMETER = """
     def build():
         return Unused()
 """
+CACHED_WEIGHT = """
+    import torch
+    from torch import nn
+    class Cached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.gain = nn.Parameter(torch.ones(3))
+            self._refs = [self.gain]  # a cached reference that no parameter swap can see
+        def forward(self, x):
+            return self.lin(x) * self._refs[0]
+    def build():
+        return Cached()
+"""
 CUSTOM_OPTIMIZER = """
     import torch
     class MySGD(torch.optim.SGD):
@@ -243,17 +257,21 @@ def test_a_failing_record_sink_is_not_answered_with_a_rerun(write_config) -> Non
      "does not run under vmap"),
     ({"model": {"builtin": None, "factory": "./unused.py:build", "kwargs": {}}},
      "parameter spare.weight (+1 more) gets no gradient"),
+    ({"model": {"builtin": None, "factory": "./cached.py:build", "kwargs": {}}},
+     "disagrees with the sequential engine"),
     ({"optimizer": {"name": "./myopt.py:MySGD", "kwargs": {}}}, "custom optimizer"),
+    ({"optimizer": {"name": "sgd", "kwargs": {"nesterov": True}}}, "cannot be built"),
     ({"optimizer": {"name": "rmsprop", "kwargs": {}}}, "'rmsprop' has no vectorized"),
     ({"optimizer": {"name": "adam", "kwargs": {"amsgrad": True}}}, "amsgrad=True"),
     ({"probe": {**PROBE, "dtype": "float16"}}, "float16"),
-], ids=["batchnorm", "control-flow", "unused-parameter", "custom-optimizer", "rmsprop",
-        "amsgrad", "fp16"])
+], ids=["batchnorm", "control-flow", "unused-parameter", "cached-weight", "custom-optimizer",
+        "bad-nesterov", "rmsprop", "amsgrad", "fp16"])
 def test_fallbacks_run_sequentially_with_a_one_line_note(  # type: ignore[no-untyped-def]
         write_config, write_module, tmp_path: Path, case: dict[str, Any], expect: str) -> None:
     write_module("branchy.py", DATA_DEPENDENT)
     write_module("myopt.py", CUSTOM_OPTIMIZER)
     write_module("unused.py", UNUSED_PARAMETER)
+    write_module("cached.py", CACHED_WEIGHT)
     problem, config = _problem(write_config, {"probe": PROBE, **case})
     settings = EngineSettings.from_config(config.probe)
     engine, note = select_engine(problem, "auto", settings, problem.data, plan_probes(config))
