@@ -93,7 +93,7 @@ def grids(quick: bool, device: str) -> list[Grid]:
     out = [_mlp_grid("quickstart mlp w64", 64, 200, lrs, seeds, bss, device),
            _mlp_grid("mlp w256", 256, 200, lrs, seeds, bss, device)]
     if device.startswith("cuda"):
-        out += [_mlp_grid("mlp w1024 (2.1M params)", 1024, 200, lrs, seeds, bss, device),
+        out += [_mlp_grid("mlp w1024 (1.1M params)", 1024, 200, lrs, seeds, bss, device),
                 _transformer_grid("transformer d128 L4 (0.8M params)", 200, device)]
     return out
 
