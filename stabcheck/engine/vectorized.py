@@ -233,17 +233,19 @@ class _VecOptimizer:
         self.t = 0  # optimizer steps taken (Adam's bias correction)
 
     def step(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor,
-             neg_lr: torch.Tensor) -> torch.Tensor:
-        """The updated parameters (a new tensor). ``lr`` is ``[P]`` float64; ``neg_lr`` is
-        ``-lr`` as a float32 ``[P, 1]`` column."""
+             neg_lr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write the updated parameters into ``out`` and return it. ``lr`` is ``[P]``
+        float64; ``neg_lr`` is ``-lr`` as a float32 ``[P, 1]`` column. ``grad`` is consumed
+        (updated in place). Large outputs go into reused buffers: a fresh multi-megabyte
+        allocation per step costs page faults that can double the cost of the update."""
         self.t += 1
         if self.kind == "sgd":
-            return self._sgd(flat, grad, neg_lr)
-        return self._adam(flat, grad, lr)
+            return self._sgd(flat, grad, neg_lr, out)
+        return self._adam(flat, grad, lr, out)
 
-    def _sgd(self, flat: torch.Tensor, grad: torch.Tensor, neg_lr: torch.Tensor
-             ) -> torch.Tensor:
-        g = grad.add(flat, alpha=self.weight_decay) if self.weight_decay else grad
+    def _sgd(self, flat: torch.Tensor, grad: torch.Tensor, neg_lr: torch.Tensor,
+             out: torch.Tensor) -> torch.Tensor:
+        g = grad.add_(flat, alpha=self.weight_decay) if self.weight_decay else grad
         if self.momentum:
             buf = self.state.get("momentum_buffer")
             if buf is None:
@@ -251,16 +253,14 @@ class _VecOptimizer:
                 self.state["momentum_buffer"] = buf
             else:
                 buf.mul_(self.momentum).add_(g, alpha=1 - self.dampening)
-            g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
-        return flat.addcmul(g, neg_lr)
+            g = g.add_(buf, alpha=self.momentum) if self.nesterov else buf
+        return torch.addcmul(flat, g, neg_lr, out=out)
 
-    def _adam(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        base, g = flat, grad
-        if self.weight_decay:
-            if self.decoupled:
-                base = flat.mul(_col(1 - lr * self.weight_decay))
-            else:
-                g = grad.add(flat, alpha=self.weight_decay)
+    def _adam(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor,
+              out: torch.Tensor) -> torch.Tensor:
+        g = grad
+        if self.weight_decay and not self.decoupled:
+            g = grad.add_(flat, alpha=self.weight_decay)
         if "exp_avg" not in self.state:
             self.state["exp_avg"] = torch.zeros_like(flat)
             self.state["exp_avg_sq"] = torch.zeros_like(flat)
@@ -270,8 +270,14 @@ class _VecOptimizer:
         bias_correction1 = 1 - self.beta1 ** self.t
         bias_correction2 = 1 - self.beta2 ** self.t
         step_size = lr / bias_correction1
-        denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(self.eps)
-        return base - (_col(step_size) * exp_avg) / denom
+        denom = torch.sqrt(exp_avg_sq, out=g)  # the gradient is not needed any more
+        denom.div_(bias_correction2 ** 0.5).add_(self.eps)
+        if self.weight_decay and self.decoupled:
+            torch.mul(flat, _col(1 - lr * self.weight_decay), out=out)
+        else:
+            out.copy_(flat)
+        # torch.optim: param.addcdiv_(exp_avg, denom, value=-step_size)
+        return out.sub_(torch.mul(exp_avg, _col(step_size)).div_(denom))
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the state, to rebuild one member's torch optimizer later."""
@@ -418,6 +424,8 @@ class _CohortRun:
                 if name not in trainable:
                     consts[name] = torch.stack([_tensor_of(m, name).detach() for m in models])
         self.consts = consts
+        self._spare = torch.empty_like(self.flat)   # the next step's parameters go here
+        self._delta = torch.empty_like(self.flat)   # and the update, to measure it
         self.flat.requires_grad_(grad_mode == "sum")
         del models[1:]
 
@@ -525,8 +533,8 @@ class _CohortRun:
                 clipped = (coef < 1.0).float()
             else:
                 clipped = self.zeros
-            new = self.optimizer.step(flat, grad, lr, neg_lr)
-            update_norm = torch.linalg.vector_norm(new - flat, dim=1)
+            new = self.optimizer.step(flat, grad, lr, neg_lr, out=self._spare)
+            update_norm = torch.linalg.vector_norm(torch.sub(new, flat, out=self._delta), dim=1)
             new_norm = torch.linalg.vector_norm(new, dim=1)
             ratio = update_norm / self.param_norm.clamp(min=1e-30)
             self.param_norm = new_norm
@@ -538,21 +546,26 @@ class _CohortRun:
             else:
                 stats[:, : row.shape[1]] = stats[:, : row.shape[1]].index_copy(0, self.rows, row)
                 layers.index_copy_(0, self.rows, layer_norms.float())
-        self.flat = new.requires_grad_(self.grad_mode == "sum")
+        self._spare = flat  # double buffering: the old parameters take the next update
+        self.flat = new.detach().requires_grad_(self.grad_mode == "sum")
         self.steps_done = t + 1
 
     def step_uninstrumented(self, t: int) -> None:
         """Step ``t`` without measuring anything: the benchmark's bare baseline."""
         _, grad = self._loss_grad(self.flat, self.data.batch(self.order[t]))
         with torch.no_grad():
-            new = self.optimizer.step(self.flat.detach(), grad, self.lr64[t], self.neg_lr[t])
-        self.flat = new.requires_grad_(self.grad_mode == "sum")
+            flat = self.flat.detach()
+            new = self.optimizer.step(flat, grad, self.lr64[t], self.neg_lr[t], out=self._spare)
+        self._spare = flat
+        self.flat = new.detach().requires_grad_(self.grad_mode == "sum")
 
     def keep(self, keep_rows: list[int]) -> None:
         """Stop stepping every member except those at positions ``keep_rows``."""
         pos = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
         with torch.no_grad():
             self.flat = self.flat.detach()[pos].requires_grad_(self.grad_mode == "sum")
+            self._spare = torch.empty_like(self.flat.detach())
+            self._delta = torch.empty_like(self.flat.detach())
             self.consts = {k: v[pos] for k, v in self.consts.items()}
         self.optimizer.keep(pos)
         self.param_norm = self.param_norm[pos]
