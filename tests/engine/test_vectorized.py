@@ -143,6 +143,41 @@ def test_diverging_member_is_frozen_with_the_same_first_nonfinite_step(write_con
         assert len(record.series("loss")) == record.steps_run
 
 
+HUGE_GRADIENT = """
+    import torch
+    from torch import nn
+    class Huge(nn.Module):
+        '''loss = sum(w) * 1.5e19: every gradient element is 1.5e19, finite in float32, but
+        the sum of their squares (9e38) is not — float64 norms (2.1e19) are finite.'''
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(4))
+        def forward(self, x):
+            return (self.w.sum() * 1.5e19) + 0 * x.sum()
+    def build():
+        return Huge()
+    def data(n=8):
+        return (torch.ones(n, 1),)
+"""
+
+
+def test_a_float32_norm_overflow_is_settled_by_the_exact_replay(  # type: ignore[no-untyped-def]
+        write_config, write_module) -> None:
+    write_module("huge.py", HUGE_GRADIENT)
+    problem, config = _problem(write_config, {
+        "model": {"builtin": None, "factory": "./huge.py:build", "kwargs": {}},
+        "data": {"builtin": None, "factory": "./huge.py:data", "kwargs": {}},
+        "loss": "model", "optimizer": SGD,
+        "sweep": {"learning_rates": [1e-3], "seeds": [0, 1], "batch_sizes": [4]},
+        "probe": {**PROBE, "steps": 12, "flush_every": 5}})
+    seq = _run(SequentialEngine(), problem, config)
+    vec = _run(VectorizedEngine(), problem, config)
+    assert {r.outcome for r in seq.values()} == {"completed"}  # finite in float64 throughout
+    _assert_same(seq, vec)
+    assert all(r.notes and "replayed with the sequential engine" in r.notes[0]
+               for r in vec.values())
+
+
 def test_timeout_marks_every_member(write_config) -> None:  # type: ignore[no-untyped-def]
     problem, config = _problem(write_config, {"probe": {**PROBE, "steps": 400,
                                                         "timeout_s": 1e-6}})
