@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stabcheck.config import LoadedConfig, load_config
-from stabcheck.engine import Engine, EngineSettings, SequentialEngine
+from stabcheck.engine import Engine, EngineSettings
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.initcheck import initial_checks
+from stabcheck.engine.vectorized import select_engine
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
@@ -63,7 +64,8 @@ class AuditOptions:
     exit_zero: bool = False
     fail_on: str | None = None
     progress: Progress = field(default_factory=_NoProgress)
-    engine: Engine | None = None
+    # An engine object, or its name: auto | vectorized | sequential (auto when None).
+    engine: Engine | str | None = None
 
 
 def default_out_dir(name: str) -> Path:
@@ -100,7 +102,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
         done = set()
     todo = [p for p in probes if p.key(digest) not in done]
     keys = {p.index: p.key(digest) for p in probes}
-    engine = options.engine or SequentialEngine()
+    engine = options.engine
     settings = EngineSettings.from_config(cfg.probe)
     progress = options.progress
     interrupted = False
@@ -118,6 +120,16 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                                                       cfg.sweep.batch_sizes,
                                                       cfg.probe.curvature_batch or PROBE_BATCH)
             journal.append_init(seed, init_report)
+        if engine is None or isinstance(engine, str):
+            engine, engine_note = select_engine(problem, engine or "auto", settings, data, todo)
+            if engine_note:
+                journal.append_event({"event": "engine", "message": engine_note})
+                progress.note(engine_note)
+        if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
+            def on_note(message: str) -> None:
+                journal.append_event({"event": "engine", "message": message})
+                progress.note(message)
+            engine.on_note = on_note  # type: ignore[union-attr]
         for cohort in make_cohorts(todo):
             engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
     except KeyboardInterrupt:

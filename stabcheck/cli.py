@@ -168,6 +168,10 @@ def cli() -> None:
               help="Seeds, comma-separated (overrides sweep.seeds).")
 @click.option("--batch-size", type=_ListType(int, True), default=None,
               help="Batch sizes, comma-separated (overrides sweep.batch_sizes).")
+@click.option("--engine", type=click.Choice(["auto", "vectorized", "sequential"]),
+              default="auto", show_default=True,
+              help="How probes run: vectorized (stacked, vmap-ed cohorts), sequential (one "
+              "at a time), or auto (vectorized when the model allows, else sequential).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 @click.option("--predict-only", is_flag=True, help="Only measure curvature at init and print "
@@ -176,7 +180,7 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
           outputs: tuple[tuple[str | None, Path], ...], traces: Path | None, isolated: bool,
           fail_on: str | None, exit_zero: bool, device: str | None,
           steps: int | None, lr: list[float] | None, seeds: list[int] | None,
-          batch_size: list[int] | None, quiet: bool, verbose: bool,
+          batch_size: list[int] | None, engine: str, quiet: bool, verbose: bool,
           predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
@@ -201,7 +205,8 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
     progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
-                           exit_zero=exit_zero, fail_on=fail_on, progress=progress)
+                           exit_zero=exit_zero, fail_on=fail_on, progress=progress,
+                           engine=engine)
     result, results_dir = run_audit(loaded, options)
     _emit(result, fmt, outputs, traces, console, quiet)
     if not quiet:

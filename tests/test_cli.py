@@ -141,7 +141,9 @@ def test_exit_130_on_interrupt_with_incomplete_report(runner: CliRunner, write_c
     """)
     path = write_config({"model": {"builtin": None, "factory": "./interrupt.py:build",
                                    "kwargs": {}}})
-    result = invoke(runner, "audit", path, "--out", tmp_path / "r", "--format", "json")
+    # The call count above assumes one forward per step per probe: the sequential engine.
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r", "--format", "json",
+                    "--engine", "sequential")
     assert result.exit_code == 130
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["verdict"] == "incomplete" and report["complete"] is False

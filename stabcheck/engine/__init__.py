@@ -1,6 +1,9 @@
 """Engines run cohorts of probes. Each yields one :class:`ProbeRecord` per probe.
 
 * ``sequential`` — the reference: one probe at a time, a plain PyTorch loop.
+* ``vectorized`` — a cohort's probes stacked and run as one ``vmap``-ed step
+  (:mod:`stabcheck.engine.vectorized`); :func:`~stabcheck.engine.vectorized.select_engine`
+  picks it when the model and optimizer allow and says why when they do not.
 
 Both produce identical record layouts; the choice only changes speed.
 """

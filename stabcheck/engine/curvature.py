@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -427,15 +427,21 @@ def spectral_norm(weight: torch.Tensor, iters: int = SPECTRAL_ITERS, tol: float 
 
 
 def lipschitz_bound(model: nn.Module) -> dict[str, Any]:
-    """Product of the spectral norms of every weight matrix (parameters with >= 2 dims).
+    """Product of the spectral norms of every trainable weight matrix (parameters with >= 2
+    dims).
 
     Computed in log space (a deep net's product overflows float quickly). Conv kernels count
     as ``[out, in*k*k]`` matrices — a heuristic, not the exact conv operator norm.
     """
+    return lipschitz_of((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def lipschitz_of(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, Any]:
+    """:func:`lipschitz_bound` of named weight tensors (the vectorized engine's member views)."""
     layers = []
     log_sum = 0.0
-    for name, p in model.named_parameters():
-        if p.dim() < 2 or not p.requires_grad:
+    for name, p in named:
+        if p.dim() < 2:
             continue
         sigma = spectral_norm(p)
         layers.append({"name": name, "spectral_norm": _clean(sigma)})
@@ -639,8 +645,13 @@ class CurvatureTracker:
 
 
 def _safe_lipschitz(model: nn.Module) -> float | None:
+    return safe_lipschitz((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def safe_lipschitz(named: Iterable[tuple[str, torch.Tensor]]) -> float | None:
+    """The Lipschitz bound, or ``None`` where it cannot be computed."""
     try:
-        return lipschitz_bound(model)["lipschitz"]
+        return lipschitz_of(named)["lipschitz"]
     except Exception:  # an exotic parameter layout must never fail the probe
         return None
 
