@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings, SequentialEngine
 from stabcheck.engine.initcheck import initial_checks
+from stabcheck.executors import DEFAULT_GRACE_S, Interrupts, Job, choose_executor
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
@@ -63,6 +64,8 @@ class AuditOptions:
     fail_on: str | None = None
     progress: Progress = field(default_factory=_NoProgress)
     engine: Engine | None = None
+    executor: str = "auto"  # auto | local | process (see stabcheck.executors)
+    grace_s: float = DEFAULT_GRACE_S  # after a first Ctrl-C, how long running probes may finish
 
 
 def default_out_dir(name: str) -> Path:
@@ -75,13 +78,16 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                                                                                    Path]:
     """Run the audit ``loaded`` describes. Returns the result and the results directory.
 
-    A KeyboardInterrupt stops the run; the probes already journaled are kept and the result
-    is marked incomplete (exit 130).
+    A first Ctrl-C (SIGINT) stops scheduling and lets the running probes finish for
+    ``options.grace_s`` seconds; a second one, or the end of the grace period, stops at once.
+    Either way the probes already journaled are kept and the result is marked incomplete
+    (exit 130).
     """
     options = options or AuditOptions()
     cfg = loaded.config
     started = time.perf_counter()
     problem = build_problem(loaded)  # imports user code, after the schema validated
+    setup_s = time.perf_counter() - started
     probes = plan_probes(cfg)
     digest = config_digest(cfg)
     out_dir = options.out_dir or default_out_dir(cfg.name)
@@ -101,29 +107,43 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     keys = {p.index: p.key(digest) for p in probes}
     engine = options.engine or SequentialEngine()
     settings = EngineSettings.from_config(cfg.probe)
+    executor = choose_executor(options.executor, settings.timeout_s, problem.device)
     progress = options.progress
+    control = Interrupts(grace_s=options.grace_s)
     interrupted = False
     progress.start(len(probes), len(probes) - len(todo), settings.steps)
-    try:
-        data = problem.data.to(problem.device)
+    with control.installed():
+        try:
+            data = problem.data.to(problem.device)
 
-        def on_record(record: ProbeRecord) -> None:
-            journal.append_probe(record)  # durable before anything else happens
-            progress.probe_done(record)
+            def on_record(record: ProbeRecord) -> None:
+                with control.critical():  # a forced stop never cuts a journal line
+                    journal.append_probe(record)  # durable before anything else happens
+                progress.probe_done(record)
 
-        for seed in sorted({p.seed for p in probes} - set(contents.init)):
-            journal.append_init(seed, initial_checks(problem, seed, data))
-        for cohort in make_cohorts(todo):
-            engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
-    except KeyboardInterrupt:
-        interrupted = True
-        journal.append_event({"event": "interrupted",
-                              "message": "interrupted by the user; the report is INCOMPLETE"})
-    finally:
-        progress.stop()
-    result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
-                    exit_zero=options.exit_zero, fail_on=options.fail_on,
-                    wall_time_s=time.perf_counter() - started)
+            for seed in sorted({p.seed for p in probes} - set(contents.init)):
+                if control.stop_requested:
+                    break
+                report = initial_checks(problem, seed, data)
+                with control.critical():
+                    journal.append_init(seed, report)
+            job = Job(loaded=loaded, problem=problem, data=data, engine=engine.name,
+                      settings=settings, keys=keys, setup_s=setup_s,
+                      engine_obj=options.engine)
+            if not control.stop_requested:
+                executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
+            interrupted = control.stop_requested
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            progress.stop()
+        if interrupted:
+            with control.critical():
+                journal.append_event({"event": "interrupted", "message": "interrupted by the "
+                                      "user; the report is INCOMPLETE"})
+        result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
+                        exit_zero=options.exit_zero, fail_on=options.fail_on,
+                        wall_time_s=time.perf_counter() - started)
     return result, out_dir
 
 

@@ -135,12 +135,20 @@ def cli() -> None:
               help="Seeds, comma-separated (overrides sweep.seeds).")
 @click.option("--batch-size", type=_ListType(int, True), default=None,
               help="Batch sizes, comma-separated (overrides sweep.batch_sizes).")
+@click.option("--executor", type=click.Choice(["auto", "local", "process"]), default="auto",
+              show_default=True, help="Where probes run: in this process, or in a worker "
+              "process that a hung or crashed probe cannot take down (auto: process when "
+              "probe.timeout_s is set or on CUDA).")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=5.0,
+              show_default=True, help="After a first Ctrl-C, seconds the running probes may "
+              "take to finish before the partial report is written.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt: str | None,
           output: Path | None, fail_on: str | None, exit_zero: bool, device: str | None,
           steps: int | None, lr: list[float] | None, seeds: list[int] | None,
-          batch_size: list[int] | None, quiet: bool, verbose: bool) -> int:
+          batch_size: list[int] | None, executor: str, grace_s: float, quiet: bool,
+          verbose: bool) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
@@ -160,7 +168,8 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
     progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
-                           exit_zero=exit_zero, fail_on=fail_on, progress=progress)
+                           exit_zero=exit_zero, fail_on=fail_on, progress=progress,
+                           executor=executor, grace_s=grace_s)
     result, results_dir = run_audit(loaded, options)
     _emit(result, fmt, output, console, quiet)
     if not quiet:
