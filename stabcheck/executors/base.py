@@ -154,6 +154,21 @@ def _say(message: str) -> None:
         os.write(2, (message + "\n").encode())
 
 
+def warm_up() -> None:
+    """Pay torch's one-time lazy costs before any probe's clock starts.
+
+    The first optimizer a process builds imports ``torch._dynamo`` (about 2 s here), and the
+    first backward starts autograd's machinery; charged to the first probe, that alone could
+    push it past a ``probe.timeout_s`` of a second or two.
+    """
+    import torch
+
+    weight = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    (weight * 2.0).sum().backward()
+    optimizer.step()
+
+
 def run_cohorts(engine: Engine, problem: Problem, cohorts: list[Cohort],
                 settings: EngineSettings, keys: dict[int, str], data: TensorData,
                 on_record: RecordSink, on_steps: StepSink,

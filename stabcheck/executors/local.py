@@ -13,7 +13,7 @@ the next one is abandoned at its first step report.
 from __future__ import annotations
 
 from stabcheck.engine import RecordSink, StepSink, get_engine
-from stabcheck.executors.base import Interrupts, Job, run_cohorts
+from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
 from stabcheck.plan import Cohort
 
 
@@ -26,5 +26,6 @@ class LocalExecutor:
             on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` here until done or until ``control`` asks to stop."""
         engine = job.engine_obj or get_engine(job.engine)
+        warm_up()
         run_cohorts(engine, job.problem, cohorts, job.settings, job.keys, job.data,
                     on_record, on_steps, lambda: control.stop_requested)

@@ -44,7 +44,7 @@ from typing import Any
 from stabcheck.config import LoadedConfig
 from stabcheck.engine import EngineSettings, RecordSink, StepSink, get_engine
 from stabcheck.errors import StabcheckError
-from stabcheck.executors.base import Interrupts, Job, run_cohorts
+from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.records import ProbeRecord
 
@@ -159,7 +159,7 @@ class ProcessExecutor:
                         on_record(_lost_record(job, spec, "timeout", now - probe_started,
                                                f"probe ran past probe.timeout_s="
                                                f"{job.settings.timeout_s:g}s inside a training "
-                                               f"step (after {steps} completed steps); its "
+                                               f"step ({steps} steps reported before it); its "
                                                "worker process was stopped"))
                     return False
                 try:
@@ -178,7 +178,7 @@ class ProcessExecutor:
                         on_record(_lost_record(job, spec, "error", time.monotonic() -
                                                probe_started,
                                                f"worker process died: {_describe_exit(code)} "
-                                               f"(after {steps} completed steps)",
+                                               f"({steps} steps reported before it)",
                                                kind="WorkerDied"))
                     return False
                 if kind == "ready":
@@ -301,6 +301,7 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
         problem = build_problem(payload.loaded, device=torch.device(payload.device))
         data = problem.data.to(problem.device)
         engine = get_engine(payload.engine)
+        warm_up()
     except Exception as exc:
         code = exc.exit_code if isinstance(exc, StabcheckError) else 3
         results.send(("fatal", {"message": f"in the worker process: {exc}", "exit_code": code}))
