@@ -83,6 +83,7 @@ class ProcessExecutor:
     def __init__(self, kill_grace_s: float = KILL_GRACE_S) -> None:
         self.kill_grace_s = kill_grace_s
         self.workers_started = 0
+        self.startup_s: list[float] = []  # spawn to ready, per worker (for benchmarks)
 
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
@@ -123,6 +124,7 @@ class ProcessExecutor:
         control_r, control_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, args=(payload, results_w, control_r),
                            name="stabcheck-worker", daemon=True)
+        spawned = time.monotonic()
         with _sigint_blocked():  # the worker must not see a Ctrl-C before it ignores SIGINT
             proc.start()
         self.workers_started += 1
@@ -183,6 +185,7 @@ class ProcessExecutor:
                     return False
                 if kind == "ready":
                     deadline = None
+                    self.startup_s.append(time.monotonic() - spawned)
                 elif kind == "start":
                     current, done_in_current, steps = todo[body], set(), 0
                     probe_started = time.monotonic()
