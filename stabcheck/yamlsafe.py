@@ -138,7 +138,11 @@ class _Builder:
         if node.tag not in _SCALAR_TAGS:
             raise self.fail(node, f"tag {node.tag!r} is not allowed: configs hold plain "
                                   "data only (no python objects)")
-        return self.loader.construct_object(node)
+        try:
+            return self.loader.construct_object(node)
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            detail = str(exc).splitlines()[0].split(";")[0]
+            raise self.fail(node, f"invalid value: {detail}") from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -209,7 +213,14 @@ def loads(text: str | bytes, filename: str = "<string>") -> tuple[Any, SourceMap
         if len(text) > MAX_BYTES:
             raise ConfigError(f"{filename}: more than the {MAX_BYTES}-byte cap for a config")
         text = _decode(text, filename)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character up front
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"{filename}:{line}:{col}: invalid YAML: control character "
+                          f"U+{char:04X} is not allowed") from None
     try:
         try:
             node = loader.get_single_node()
