@@ -78,6 +78,8 @@ def dotted_path(path: Path_) -> str:
     """``("sweep", "seeds", 2)`` → ``sweep.seeds[2]``."""
     out = ""
     for part in path:
+        if isinstance(part, str) and not (part.isprintable() and part.strip() == part):
+            part = repr(part)  # a key with a newline must not break the one-line message
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
