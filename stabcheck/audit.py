@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings, SequentialEngine
 from stabcheck.engine.initcheck import initial_checks
-from stabcheck.executors import DEFAULT_GRACE_S, Interrupts, Job, choose_executor
+from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
@@ -64,7 +64,7 @@ class AuditOptions:
     fail_on: str | None = None
     progress: Progress = field(default_factory=_NoProgress)
     engine: Engine | None = None
-    executor: str = "auto"  # auto | local | process (see stabcheck.executors)
+    executor: str | Executor = "auto"  # auto | local | process, or an executor object
     grace_s: float = DEFAULT_GRACE_S  # after a first Ctrl-C, how long running probes may finish
 
 
@@ -107,7 +107,8 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     keys = {p.index: p.key(digest) for p in probes}
     engine = options.engine or SequentialEngine()
     settings = EngineSettings.from_config(cfg.probe)
-    executor = choose_executor(options.executor, settings.timeout_s, problem.device)
+    executor = options.executor if not isinstance(options.executor, str) else \
+        choose_executor(options.executor, settings.timeout_s, problem.device)
     progress = options.progress
     control = Interrupts(grace_s=options.grace_s)
     interrupted = False
