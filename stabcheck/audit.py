@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings, SequentialEngine
 from stabcheck.engine.initcheck import initial_checks
+from stabcheck.engine.sequential import free_memory
 from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
@@ -128,6 +129,10 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                 report = initial_checks(problem, seed, data)
                 with control.critical():
                     journal.append_init(seed, report)
+            if not getattr(executor, "in_process", True):
+                # Probes run in workers with their own copy: give this one's device memory back.
+                data = problem.data
+                free_memory(problem.device)
             job = Job(loaded=loaded, problem=problem, data=data, engine=engine.name,
                       settings=settings, keys=keys, setup_s=setup_s,
                       engine_obj=options.engine)

@@ -36,13 +36,13 @@ LRS = [0.01, 0.03, 0.1]
 
 
 def fault_config(tmp_path: Path, optimizer: dict[str, Any] | None = None,
-                 **updates: Any) -> Path:
-    """A tiny config whose optimizer is the fault-injecting FaultySGD."""
+                 cls: str = "FaultySGD", **updates: Any) -> Path:
+    """A tiny config whose optimizer is a fault-injecting one from faults.py."""
     shutil.copy(FAULTS, tmp_path / "faults.py")
     cfg = deep_update(TINY, {"sweep": {"learning_rates": LRS, "seeds": [0],
                                        "batch_sizes": [16]},
                              "probe": {"steps": 8, "flush_every": 4}})
-    cfg["optimizer"] = {"name": "./faults.py:FaultySGD", "kwargs": optimizer or {}}
+    cfg["optimizer"] = {"name": f"./faults.py:{cls}", "kwargs": optimizer or {}}
     cfg = deep_update(cfg, updates)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -150,6 +150,54 @@ def test_process_executor_restarts_a_worker_per_lost_probe(tmp_path: Path) -> No
     assert _children() == []  # every worker was reaped
 
 
+CRASHING_ENGINE = """
+from torch import nn
+
+from stabcheck.engine import ENGINES, SequentialEngine
+from stabcheck.engine.sequential import run_probe
+
+
+class CrashingEngine(SequentialEngine):
+    \"\"\"Runs a cohort's first probe, then fails as a buggy engine (or a dead device) would.\"\"\"
+
+    name = "crashing"
+
+    def run_cohort(self, problem, cohort, settings, keys, data, on_record, on_steps=None):
+        spec = cohort.probes[0]
+        on_record(run_probe(problem, spec, settings, keys[spec.index], data, on_steps))
+        raise RuntimeError("engine bug")
+
+
+ENGINES["crashing"] = CrashingEngine  # the worker imports this file with the model
+
+
+def build():
+    return nn.Linear(4, 3)
+"""
+
+
+@pytest.mark.slow
+def test_an_exception_escaping_the_engine_in_a_worker_is_charged_to_one_probe(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "crashing.py").write_text(CRASHING_ENGINE, encoding="utf-8")
+    path = fault_config(tmp_path, sweep={"learning_rates": [0.01, 0.03, 0.1, 0.3]},
+                        model={"builtin": None, "factory": "./crashing.py:build", "kwargs": {}})
+    loaded = load_config(path)
+    build_problem(loaded)  # imports crashing.py here too, registering the engine
+    from stabcheck.engine import ENGINES
+
+    monkeypatch.setitem(ENGINES, "crashing", ENGINES["crashing"])
+    engine = get_engine("crashing")
+    _, out_dir = run_audit(loaded, AuditOptions(out_dir=tmp_path / "r", executor="process",
+                                                engine=engine))
+    report = json.loads((out_dir / "report.json").read_text())
+    assert [p["status"] for p in report["probes"]] == ["healthy", "error", "healthy", "error"]
+    lost = report["probes"][1]["error"]
+    assert lost["type"] == "RuntimeError"
+    assert lost["message"] == "engine bug (the worker process could not go on)"
+    assert lost["where"].startswith(str(tmp_path / "crashing.py"))
+
+
 def _children() -> list[int]:
     """Live child processes of this one (from /proc), resource tracker aside."""
     me, out = os.getpid(), []
@@ -195,27 +243,35 @@ def test_oom_is_marked_and_reported_by_batch_size_and_memory_is_released(
     assert result.exit_code == 1
 
 
-@pytest.mark.gpu
-def test_real_cuda_oom_frees_memory_for_the_next_probe(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+def _cuda_or_skip() -> Any:
+    import torch
+
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    total = torch.cuda.get_device_properties(0).total_memory
-    # A width that fits at batch 8 but whose activations cannot fit at the big batch.
-    width = 4096
-    big = int(2 * total / (width * 4)) + 1
-    cfg = deep_update(TINY, {
-        "model": {"builtin": "mlp", "kwargs": {"in_features": width, "hidden": [width],
-                                               "out_features": 3}},
-        "data": {"builtin": "blobs", "kwargs": {"n_samples": big, "n_features": width,
-                                                "n_classes": 3}},
-        "sweep": {"learning_rates": [0.01], "seeds": [0], "batch_sizes": [big, 8]},
-        "probe": {"steps": 3, "flush_every": 3, "device": "cuda"}})
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return torch
+
+
+@pytest.mark.gpu
+def test_real_cuda_oom_is_marked_and_its_memory_freed_for_the_next_probe(
+        tmp_path: Path) -> None:
+    torch = _cuda_or_skip()
+    # Every probe holds 60% of the device; the one at lr=0.03 asks for 60% more and fails.
+    # The probe after it can hold its 60% only if the failed probe's 60% was given back.
+    path = fault_config(tmp_path, {"oom_lr": 0.03}, cls="HogSGD", probe={"device": "cuda"})
     _, report = audit(path, tmp_path / "r", executor="local")
-    status = {p["batch_size"]: p["status"] for p in report["probes"]}
-    assert status == {big: "oom", 8: "healthy"}
+    assert [by_lr(report)[lr]["status"] for lr in LRS] == ["healthy", "oom", "healthy"]
+    assert report["summary"]["oom_batch_sizes"] == [16]
+    assert torch.cuda.memory_allocated() < 0.1 * torch.cuda.get_device_properties(0).total_memory
+
+
+@pytest.mark.gpu
+def test_device_side_assert_does_not_poison_the_next_probes(tmp_path: Path) -> None:
+    _cuda_or_skip()
+    path = fault_config(tmp_path, {"hog_fraction": 0, "assert_lr": 0.01}, cls="HogSGD",
+                        probe={"device": "cuda"})
+    _, report = audit(path, tmp_path / "r", executor="process")
+    assert by_lr(report)[0.01]["status"] == "error"
+    assert [by_lr(report)[lr]["status"] for lr in (0.03, 0.1)] == ["healthy", "healthy"]
 
 
 # --------------------------------------------------------------------------- coverage

@@ -21,6 +21,7 @@ class LocalExecutor:
     """Runs every cohort in this process."""
 
     name = "local"
+    in_process = True
 
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:

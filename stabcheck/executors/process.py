@@ -43,12 +43,14 @@ from typing import Any
 
 from stabcheck.config import LoadedConfig
 from stabcheck.engine import EngineSettings, RecordSink, StepSink, get_engine
+from stabcheck.engine.sequential import describe_exception
 from stabcheck.errors import StabcheckError
 from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.records import ProbeRecord
 
 EXIT_POISONED = 75  # a worker's exit status: "my CUDA context is unusable, start another"
+EXIT_CRASHED = 76  # a worker's exit status: an exception escaped the engine
 KILL_GRACE_S = 2.0  # SIGTERM, then this long, then SIGKILL
 POLL_S = 0.05
 
@@ -79,6 +81,7 @@ class ProcessExecutor:
     """Runs cohorts in a spawned worker process, restarting it after a hang or a crash."""
 
     name = "process"
+    in_process = False  # probes never touch this process's device memory
 
     def __init__(self, kill_grace_s: float = KILL_GRACE_S) -> None:
         self.kill_grace_s = kill_grace_s
@@ -124,12 +127,6 @@ class ProcessExecutor:
         control_r, control_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, args=(payload, results_w, control_r),
                            name="stabcheck-worker", daemon=True)
-        spawned = time.monotonic()
-        with _sigint_blocked():  # the worker must not see a Ctrl-C before it ignores SIGINT
-            proc.start()
-        self.workers_started += 1
-        results_w.close()  # ours closed: the pipe reports EOF once the worker is gone
-        control_r.close()
         limit = hard_limit(job.settings.timeout_s)
         # Building the problem took job.setup_s here; allow the worker generously more
         # (it also imports torch) before calling its start-up a hang.
@@ -139,13 +136,20 @@ class ProcessExecutor:
         probe_started = time.monotonic()
         steps = 0
         stop_sent = False
+        crash: dict[str, Any] | None = None
 
         def in_flight() -> list[ProbeSpec]:
             left = [p for p in current.probes if p.index not in done_in_current] \
                 if current is not None else []
             return left if concurrent else left[:1]
 
+        spawned = time.monotonic()
         try:
+            with _sigint_blocked():  # the worker must not see Ctrl-C before it ignores SIGINT
+                proc.start()
+            self.workers_started += 1
+            results_w.close()  # ours closed: the pipe reports EOF once the worker is gone
+            control_r.close()
             while True:
                 if control.stop_requested and not stop_sent:
                     with contextlib.suppress(OSError):
@@ -177,11 +181,18 @@ class ProcessExecutor:
                         raise StabcheckError("the worker process died while starting up: "
                                              f"{_describe_exit(code)}") from None
                     for spec in in_flight():
-                        on_record(_lost_record(job, spec, "error", time.monotonic() -
-                                               probe_started,
-                                               f"worker process died: {_describe_exit(code)} "
-                                               f"({steps} steps reported before it)",
-                                               kind="WorkerDied"))
+                        elapsed = time.monotonic() - probe_started
+                        if crash is not None:
+                            lost = _lost_record(job, spec, "error", elapsed,
+                                                f"{crash['message']} (the worker process could "
+                                                "not go on)", kind=crash["type"])
+                            lost.error = {**(lost.error or {}), "where": crash["where"]}
+                        else:
+                            lost = _lost_record(job, spec, "error", elapsed,
+                                                f"worker process died: {_describe_exit(code)} "
+                                                f"({steps} steps reported before it)",
+                                                kind="WorkerDied")
+                        on_record(lost)
                     return False
                 if kind == "ready":
                     deadline = None
@@ -199,6 +210,8 @@ class ProcessExecutor:
                     done_in_current.add(rec.index)
                     probe_started, steps = time.monotonic(), 0
                     deadline = probe_started + limit if limit is not None else None
+                elif kind == "crash":
+                    crash = body
                 elif kind == "fatal":
                     error = StabcheckError(body["message"])
                     error.exit_code = body["exit_code"]
@@ -209,7 +222,7 @@ class ProcessExecutor:
         finally:
             if proc.is_alive():
                 self._kill(proc)
-            for conn in (results_r, control_w):
+            for conn in (results_r, results_w, control_r, control_w):
                 conn.close()
 
     def _kill(self, proc: BaseProcess) -> None:
@@ -326,7 +339,12 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
             results.close()
             os._exit(EXIT_POISONED)
 
-    run_cohorts(engine, problem, payload.cohorts, payload.settings, payload.keys, data,
-                on_record, lambda n: results.send(("steps", n)), stop_requested,
-                on_cohort=lambda i: results.send(("start", i)))
+    try:
+        run_cohorts(engine, problem, payload.cohorts, payload.settings, payload.keys, data,
+                    on_record, lambda n: results.send(("steps", n)), stop_requested,
+                    on_cohort=lambda i: results.send(("start", i)))
+    except Exception as exc:  # escaped the engine (a poisoned device, a bug): say what
+        results.send(("crash", describe_exception(exc)))
+        results.close()
+        os._exit(EXIT_CRASHED)
     results.send(("done", None))
