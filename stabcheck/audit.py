@@ -121,6 +121,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
             def on_record(record: ProbeRecord) -> None:
                 with control.critical():  # a forced stop never cuts a journal line
                     journal.append_probe(record)  # durable before anything else happens
+                done.add(record.key)
                 progress.probe_done(record)
 
             for seed in sorted({p.seed for p in probes} - set(contents.init)):
@@ -138,7 +139,8 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                       engine_obj=options.engine)
             if not control.stop_requested:
                 executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
-            interrupted = control.stop_requested
+            # A Ctrl-C that came after the last probe had finished interrupted nothing.
+            interrupted = control.stop_requested and len(done) < len(probes)
         except KeyboardInterrupt:
             interrupted = True
         finally:

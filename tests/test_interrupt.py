@@ -118,6 +118,15 @@ def test_first_sigint_finishes_the_running_probe_and_writes_an_incomplete_report
     assert read_journal(out).events[-1]["event"] == "interrupted"
     assert_no_orphans(proc.pid)
 
+    # ... and resuming it gives the report of an audit that was never interrupted
+    assert start(config, out, "--executor", executor, "--resume").wait(timeout=300) == 0
+    reference = tmp_path / "reference"
+    assert start(config, reference, "--executor", executor).wait(timeout=300) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["complete"] is True and resumed["notes"] == []
+    assert strip_timings(resumed) == strip_timings(
+        json.loads((reference / "report.json").read_text()))
+
 
 @pytest.mark.parametrize("executor", ["local", "process"])
 def test_second_sigint_forces_the_exit(tmp_path: Path, executor: str) -> None:
