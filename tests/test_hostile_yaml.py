@@ -60,3 +60,52 @@ def test_user_code_is_imported_only_after_the_schema_validates(tmp_path: Path) -
     code, lines = run_audit_cli(config, tmp_path)
     assert code == 2 and "unknown key 'stesp'" in lines[0]
     assert not (tmp_path / "IMPORTED").exists()
+
+
+class _Evil:
+    """Unpickling this runs a shell command (what a hostile checkpoint would carry)."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.canary}",))
+
+
+def _mlp_config(tmp_path: Path, checkpoint: str) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model: {builtin: mlp, checkpoint: " + checkpoint + ", kwargs: {in_features: 4, "
+        "hidden: [8], out_features: 3}}\ndata: {builtin: blobs, kwargs: {n_features: 4, "
+        "n_classes: 3, n_samples: 64}}\nsweep: {learning_rates: [0.1]}\n"
+        "probe: {steps: 2, device: cpu}\n", encoding="utf-8")
+    return config
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    canary = tmp_path / "CHECKPOINT_CANARY"
+    torch.save({"layers.0.linear.weight": _Evil(canary)}, tmp_path / "evil.pt")
+    code, lines = run_audit_cli(_mlp_config(tmp_path, "evil.pt"), tmp_path)
+    assert code == 2 and len(lines) == 1, lines
+    assert "model.checkpoint: cannot load" in lines[0]
+    assert not canary.exists()
+
+
+def test_a_plain_state_dict_checkpoint_is_loaded(tmp_path: Path) -> None:
+    import torch
+
+    from stabcheck.config import load_config
+    from stabcheck.problem import build_problem
+
+    config = _mlp_config(tmp_path, "good.pt")
+    loaded = load_config(config.parent / "config.yaml")
+    config.write_text(config.read_text().replace("checkpoint: good.pt, ", ""))
+    source = build_problem(load_config(config)).build_model()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.fill_(0.25)
+    torch.save(source.state_dict(), tmp_path / "good.pt")
+    model = build_problem(loaded).build_model()
+    assert all(torch.equal(p, torch.full_like(p, 0.25)) for p in model.parameters())
