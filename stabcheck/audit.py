@@ -17,7 +17,9 @@ from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.initcheck import initial_checks
+from stabcheck.engine.sequential import free_memory
 from stabcheck.engine.vectorized import select_engine
+from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
@@ -66,6 +68,8 @@ class AuditOptions:
     progress: Progress = field(default_factory=_NoProgress)
     # An engine object, or its name: auto | vectorized | sequential (auto when None).
     engine: Engine | str | None = None
+    executor: str | Executor = "auto"  # auto | local | process, or an executor object
+    grace_s: float = DEFAULT_GRACE_S  # after a first Ctrl-C, how long running probes may finish
 
 
 def default_out_dir(name: str) -> Path:
@@ -78,13 +82,16 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                                                                                    Path]:
     """Run the audit ``loaded`` describes. Returns the result and the results directory.
 
-    A KeyboardInterrupt stops the run; the probes already journaled are kept and the result
-    is marked incomplete (exit 130).
+    A first Ctrl-C (SIGINT) stops scheduling and lets the running probes finish for
+    ``options.grace_s`` seconds; a second one, or the end of the grace period, stops at once.
+    Either way the probes already journaled are kept and the result is marked incomplete
+    (exit 130).
     """
     options = options or AuditOptions()
     cfg = loaded.config
     started = time.perf_counter()
     problem = build_problem(loaded)  # imports user code, after the schema validated
+    setup_s = time.perf_counter() - started
     probes = plan_probes(cfg)
     digest = config_digest(cfg)
     out_dir = options.out_dir or default_out_dir(cfg.name)
@@ -104,43 +111,64 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     keys = {p.index: p.key(digest) for p in probes}
     engine = options.engine
     settings = EngineSettings.from_config(cfg.probe)
+    executor = options.executor if not isinstance(options.executor, str) else \
+        choose_executor(options.executor, settings.timeout_s, problem.device)
     progress = options.progress
+    control = Interrupts(grace_s=options.grace_s)
     interrupted = False
     progress.start(len(probes), len(probes) - len(todo), settings.steps)
-    try:
-        data = problem.data.to(problem.device)
+    with control.installed():
+        try:
+            data = problem.data.to(problem.device)
 
-        def on_record(record: ProbeRecord) -> None:
-            journal.append_probe(record)  # durable before anything else happens
-            progress.probe_done(record)
+            def on_record(record: ProbeRecord) -> None:
+                with control.critical():  # a forced stop never cuts a journal line
+                    journal.append_probe(record)  # durable before anything else happens
+                done.add(record.key)
+                progress.probe_done(record)
 
-        for seed in sorted({p.seed for p in probes} - set(contents.init)):
-            init_report = initial_checks(problem, seed, data)
-            init_report["curvature"] = init_curvature(problem, seed, data,
-                                                      cfg.sweep.batch_sizes,
-                                                      cfg.probe.curvature_batch or PROBE_BATCH)
-            journal.append_init(seed, init_report)
-        if engine is None or isinstance(engine, str):
-            engine, engine_note = select_engine(problem, engine or "auto", settings, data, todo)
-            if engine_note:
-                journal.append_event({"event": "engine", "message": engine_note})
-                progress.note(engine_note)
-        if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
-            def on_note(message: str) -> None:
-                journal.append_event({"event": "engine", "message": message})
-                progress.note(message)
-            engine.on_note = on_note  # type: ignore[union-attr]
-        for cohort in make_cohorts(todo):
-            engine.run_cohort(problem, cohort, settings, keys, data, on_record, progress.steps)
-    except KeyboardInterrupt:
-        interrupted = True
-        journal.append_event({"event": "interrupted",
-                              "message": "interrupted by the user; the report is INCOMPLETE"})
-    finally:
-        progress.stop()
-    result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
-                    exit_zero=options.exit_zero, fail_on=options.fail_on,
-                    wall_time_s=time.perf_counter() - started)
+            for seed in sorted({p.seed for p in probes} - set(contents.init)):
+                if control.stop_requested:
+                    break
+                report = initial_checks(problem, seed, data)
+                report["curvature"] = init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
+                                                     cfg.probe.curvature_batch or PROBE_BATCH)
+                with control.critical():
+                    journal.append_init(seed, report)
+            if engine is None or isinstance(engine, str):
+                engine, engine_note = select_engine(problem, engine or "auto", settings, data,
+                                                    todo)
+                if engine_note:
+                    with control.critical():
+                        journal.append_event({"event": "engine", "message": engine_note})
+                    progress.note(engine_note)
+            if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
+                def on_note(message: str) -> None:
+                    with control.critical():
+                        journal.append_event({"event": "engine", "message": message})
+                    progress.note(message)
+                engine.on_note = on_note  # type: ignore[union-attr]
+            if not getattr(executor, "in_process", True):
+                # Probes run in workers with their own copy: give this one's device memory back.
+                data = problem.data
+                free_memory(problem.device)
+            job = Job(loaded=loaded, problem=problem, data=data, engine=engine.name,
+                      settings=settings, keys=keys, setup_s=setup_s, engine_obj=engine)
+            if not control.stop_requested:
+                executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
+            # A Ctrl-C that came after the last probe had finished interrupted nothing.
+            interrupted = control.stop_requested and len(done) < len(probes)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            progress.stop()
+        if interrupted:
+            with control.critical():
+                journal.append_event({"event": "interrupted", "message": "interrupted by the "
+                                      "user; the report is INCOMPLETE"})
+        result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
+                        exit_zero=options.exit_zero, fail_on=options.fail_on,
+                        wall_time_s=time.perf_counter() - started)
     return result, out_dir
 
 

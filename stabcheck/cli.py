@@ -172,6 +172,13 @@ def cli() -> None:
               default="auto", show_default=True,
               help="How probes run: vectorized (stacked, vmap-ed cohorts), sequential (one "
               "at a time), or auto (vectorized when the model allows, else sequential).")
+@click.option("--executor", type=click.Choice(["auto", "local", "process"]), default="auto",
+              show_default=True, help="Where probes run: in this process, or in a worker "
+              "process that a hung or crashed probe cannot take down (auto: process when "
+              "probe.timeout_s is set or on CUDA).")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=5.0,
+              show_default=True, help="After a first Ctrl-C, seconds the running probes may "
+              "take to finish before the partial report is written.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 @click.option("--predict-only", is_flag=True, help="Only measure curvature at init and print "
@@ -180,8 +187,8 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
           outputs: tuple[tuple[str | None, Path], ...], traces: Path | None, isolated: bool,
           fail_on: str | None, exit_zero: bool, device: str | None,
           steps: int | None, lr: list[float] | None, seeds: list[int] | None,
-          batch_size: list[int] | None, engine: str, quiet: bool, verbose: bool,
-          predict_only: bool = False) -> int:
+          batch_size: list[int] | None, engine: str, executor: str, grace_s: float,
+          quiet: bool, verbose: bool, predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
@@ -206,7 +213,7 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
                            exit_zero=exit_zero, fail_on=fail_on, progress=progress,
-                           engine=engine)
+                           engine=engine, executor=executor, grace_s=grace_s)
     result, results_dir = run_audit(loaded, options)
     _emit(result, fmt, outputs, traces, console, quiet)
     if not quiet:

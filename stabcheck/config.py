@@ -136,7 +136,7 @@ class SweepSection(_Strict):
     """``sweep:``: the grid of probes (learning rates x seeds x batch sizes)."""
 
     learning_rates: LearningRates
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0])
     batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32])
 
     @field_validator("learning_rates", "seeds", "batch_sizes")

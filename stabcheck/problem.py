@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,9 +323,14 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
             except ConfigError:
                 raise
             except Exception as exc:
+                if isinstance(exc, pickle.UnpicklingError):
+                    detail = ("it holds Python objects, not just tensors (checkpoints are "
+                              "loaded with torch.load(weights_only=True), which refuses them)")
+                else:
+                    lines = str(exc).strip().splitlines()
+                    detail = f"{type(exc).__name__}: {lines[0] if lines else ''}"
                 raise loaded.error_at(("model", "checkpoint"),
-                                      f"cannot load {checkpoint}: {type(exc).__name__}: {exc}"
-                                      ) from None
+                                      f"cannot load {checkpoint}: {detail}") from None
         return model
 
     loss_fn = make_loss_fn(cfg.loss, criterion, cfg.data.target_key)

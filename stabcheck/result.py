@@ -107,7 +107,12 @@ def build_result(contents: JournalContents, interrupted: bool = False,
     planned = int(header.get("planned", len(records)))
     verdict = decide(diagnosis.findings, [r.outcome for r in records], planned, fail_on,
                      th.min_finished_fraction, interrupted=interrupted, exit_zero=exit_zero)
-    notes = [e["message"] for e in contents.events if "message" in e]
+    # An interruption that a later --resume made good is history, not part of the report:
+    # an interrupted and resumed audit reports the same as an uninterrupted one.
+    healed = len(records) >= planned
+    # A resumed audit journals its engine note again: each note is reported once.
+    notes = list(dict.fromkeys(e["message"] for e in contents.events if "message" in e
+                               and not (healed and e.get("event") == "interrupted")))
     return AuditResult(
         name=config.get("name", "audit"), config=config,
         config_path=header.get("config_path", ""), environment=header.get("environment", {}),

@@ -78,6 +78,8 @@ def dotted_path(path: Path_) -> str:
     """``("sweep", "seeds", 2)`` → ``sweep.seeds[2]``."""
     out = ""
     for part in path:
+        if isinstance(part, str) and not (part.isprintable() and part.strip() == part):
+            part = repr(part)  # a key with a newline must not break the one-line message
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -138,7 +140,11 @@ class _Builder:
         if node.tag not in _SCALAR_TAGS:
             raise self.fail(node, f"tag {node.tag!r} is not allowed: configs hold plain "
                                   "data only (no python objects)")
-        return self.loader.construct_object(node)
+        try:
+            return self.loader.construct_object(node)
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            detail = str(exc).splitlines()[0].split(";")[0]
+            raise self.fail(node, f"invalid value: {detail}") from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -209,7 +215,14 @@ def loads(text: str | bytes, filename: str = "<string>") -> tuple[Any, SourceMap
         if len(text) > MAX_BYTES:
             raise ConfigError(f"{filename}: more than the {MAX_BYTES}-byte cap for a config")
         text = _decode(text, filename)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character up front
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"{filename}:{line}:{col}: invalid YAML: control character "
+                          f"U+{char:04X} is not allowed") from None
     try:
         try:
             node = loader.get_single_node()

@@ -62,7 +62,9 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     err = record.error or {}
     text = f"{err.get('type', 'Error')}: {err.get('message', '')}".strip(": ")
     where = f" at {err['where']}" if err.get("where") else ""
-    step = f" at step {record.steps_run}" if record.outcome == "error" else ""
+    # A worker that died took the probe's trace with it: no step to name.
+    step = f" at step {record.steps_run}" if record.outcome == "error" \
+        and err.get("type") != "WorkerDied" else ""
     return [make(_CODES[record.outcome], f"{text}{where}{step} ({record.label})",
                  probes=[record.index], steps=[record.steps_run])]
 

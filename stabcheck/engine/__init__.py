@@ -46,4 +46,24 @@ class SequentialEngine:
             on_record(run_probe(problem, spec, settings, keys[spec.index], data, on_steps))
 
 
-__all__ = ["Engine", "EngineSettings", "SequentialEngine", "run_probe"]
+def _vectorized() -> Engine:
+    from stabcheck.engine.vectorized import VectorizedEngine
+
+    return VectorizedEngine()
+
+
+# Engines by name, so a worker process can build the same engine from a string.
+ENGINES: dict[str, Callable[[], Engine]] = {"sequential": SequentialEngine,
+                                            "vectorized": _vectorized}
+
+
+def get_engine(name: str) -> Engine:
+    """A new engine of the given registered name (``sequential``, …)."""
+    try:
+        return ENGINES[name]()
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; known: {', '.join(sorted(ENGINES))}"
+                         ) from None
+
+
+__all__ = ["ENGINES", "Engine", "EngineSettings", "SequentialEngine", "get_engine", "run_probe"]

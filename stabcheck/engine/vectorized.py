@@ -701,6 +701,8 @@ class VectorizedEngine:
     """Runs each cohort as one stacked, ``vmap``-ed training loop."""
 
     name = "vectorized"
+    # All probes of a cohort are in flight at once (executors charge time limits per cohort).
+    concurrent = True
 
     def __init__(self, grad_mode: str = "sum", compile_step: bool | None = None,
                  max_cohort: int | None = None) -> None:

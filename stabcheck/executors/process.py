@@ -1,0 +1,350 @@
+"""The process executor: cohorts run in a worker process started with ``spawn``.
+
+The worker rebuilds the problem from the config (user code is imported there the same way
+as here: ``./file.py`` references are relative to the config file, ``sys.path`` is the
+parent's), runs the cohorts with the named engine, and streams every finished probe back
+through a pipe as a plain dict; the parent journals it at once. What a worker buys:
+
+* **hangs inside a step** — the parent holds a hard deadline per probe
+  (``probe.timeout_s`` plus a little slack, reset whenever a probe finishes). Past it the
+  worker gets SIGTERM, then SIGKILL; the running probe is recorded as ``timeout`` and a
+  fresh worker carries on with the rest of the cohort;
+* **a dying worker** — SIGKILL, a segfault in an extension, the OOM killer: the running
+  probe is recorded as ``error`` ("worker process died: signal N") and a fresh worker
+  carries on;
+* **a poisoned CUDA context** — after a probe fails on CUDA, the worker checks that the
+  device still answers; after a device-side assert it does not, so the worker exits and the
+  next probes run in a fresh process with a fresh context.
+
+Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent decides), die
+with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread everywhere), and
+are killed on every way out of :meth:`ProcessExecutor.run`.
+
+Engines that run a cohort's probes together (``concurrent = True``) have all of the
+cohort's unfinished probes in flight at once; a hang or a crash is then charged to all of
+them. A sequential engine runs one at a time, so only that one is charged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from stabcheck.config import LoadedConfig
+from stabcheck.engine import EngineSettings, RecordSink, StepSink, get_engine
+from stabcheck.engine.sequential import describe_exception
+from stabcheck.errors import StabcheckError
+from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
+from stabcheck.plan import Cohort, ProbeSpec
+from stabcheck.records import ProbeRecord
+
+EXIT_POISONED = 75  # a worker's exit status: "my CUDA context is unusable, start another"
+EXIT_CRASHED = 76  # a worker's exit status: an exception escaped the engine
+KILL_GRACE_S = 2.0  # SIGTERM, then this long, then SIGKILL
+POLL_S = 0.05
+
+
+@dataclass
+class _Payload:
+    """What a worker is told: picklable, no closures."""
+
+    loaded: LoadedConfig
+    device: str
+    engine: str
+    settings: EngineSettings
+    keys: dict[int, str]
+    cohorts: list[Cohort]
+    num_threads: int
+    parent_pid: int
+
+
+def hard_limit(timeout_s: float | None) -> float | None:
+    """The parent's per-probe deadline: ``timeout_s`` plus slack for the engine's own check
+    (which stops a probe between steps and keeps its trace) to act first."""
+    if timeout_s is None:
+        return None
+    return timeout_s + max(1.0, 0.1 * timeout_s)
+
+
+class ProcessExecutor:
+    """Runs cohorts in a spawned worker process, restarting it after a hang or a crash."""
+
+    name = "process"
+    in_process = False  # probes never touch this process's device memory
+
+    def __init__(self, kill_grace_s: float = KILL_GRACE_S) -> None:
+        self.kill_grace_s = kill_grace_s
+        self.workers_started = 0
+        self.startup_s: list[float] = []  # spawn to ready, per worker (for benchmarks)
+
+    def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
+            on_steps: StepSink, control: Interrupts) -> None:
+        """Run ``cohorts`` in workers until done or until ``control`` asks to stop."""
+        engine = job.engine_obj or get_engine(job.engine)
+        concurrent = bool(getattr(engine, "concurrent", False))
+        ctx = multiprocessing.get_context("spawn")
+        finished: set[int] = set()
+
+        def record(rec: ProbeRecord) -> None:
+            on_record(rec)
+            finished.add(rec.index)
+
+        while not control.stop_requested:
+            todo = [Cohort(c.batch_size, tuple(p for p in c.probes if p.index not in finished))
+                    for c in cohorts]
+            todo = [c for c in todo if c.probes]
+            if not todo:
+                return
+            before = len(finished)
+            done = self._one_worker(ctx, job, engine.name, todo, concurrent, record, on_steps,
+                                    control)
+            if done or len(finished) == before:
+                return  # the worker finished its list (or stopped) / made no progress
+
+    def _one_worker(self, ctx: Any, job: Job, engine_name: str, todo: list[Cohort],
+                    concurrent: bool, on_record: RecordSink, on_steps: StepSink,
+                    control: Interrupts) -> bool:
+        """Run ``todo`` in one worker. True when it finished (or stopped on request); False
+        when it was lost (hang, crash, poisoned context) and another must take over."""
+        import torch
+
+        payload = _Payload(loaded=job.loaded, device=str(job.problem.device),
+                           engine=engine_name, settings=job.settings, keys=job.keys,
+                           cohorts=todo, num_threads=torch.get_num_threads(),
+                           parent_pid=os.getpid())
+        results_r, results_w = ctx.Pipe(duplex=False)
+        control_r, control_w = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=worker_main, args=(payload, results_w, control_r),
+                           name="stabcheck-worker", daemon=True)
+        limit = hard_limit(job.settings.timeout_s)
+        # Building the problem took job.setup_s here; allow the worker generously more
+        # (it also imports torch) before calling its start-up a hang.
+        deadline: float | None = time.monotonic() + 120.0 + 3.0 * job.setup_s
+        current: Cohort | None = None
+        done_in_current: set[int] = set()
+        probe_started = time.monotonic()
+        steps = 0
+        stop_sent = False
+        crash: dict[str, Any] | None = None
+
+        def in_flight() -> list[ProbeSpec]:
+            left = [p for p in current.probes if p.index not in done_in_current] \
+                if current is not None else []
+            return left if concurrent else left[:1]
+
+        spawned = time.monotonic()
+        try:
+            with _sigint_blocked():  # the worker must not see Ctrl-C before it ignores SIGINT
+                proc.start()
+            self.workers_started += 1
+            results_w.close()  # ours closed: the pipe reports EOF once the worker is gone
+            control_r.close()
+            while True:
+                if control.stop_requested and not stop_sent:
+                    with contextlib.suppress(OSError):
+                        control_w.send("stop")
+                    stop_sent = True
+                now = time.monotonic()
+                if deadline is not None and now > deadline:
+                    self._kill(proc)
+                    if current is None:
+                        raise StabcheckError("the worker process did not finish starting up "
+                                             "in time (building the model and data hung?)")
+                    for spec in in_flight():
+                        on_record(_lost_record(job, spec, "timeout", now - probe_started,
+                                               f"probe ran past probe.timeout_s="
+                                               f"{job.settings.timeout_s:g}s inside a training "
+                                               f"step ({steps} steps reported before it); its "
+                                               "worker process was stopped"))
+                    return False
+                try:
+                    if not results_r.poll(POLL_S):
+                        continue
+                    kind, body = results_r.recv()
+                except (EOFError, OSError):
+                    proc.join(10)
+                    code = proc.exitcode
+                    if code == EXIT_POISONED:
+                        return False
+                    if current is None:
+                        raise StabcheckError("the worker process died while starting up: "
+                                             f"{_describe_exit(code)}") from None
+                    for spec in in_flight():
+                        elapsed = time.monotonic() - probe_started
+                        if crash is not None:
+                            lost = _lost_record(job, spec, "error", elapsed,
+                                                f"{crash['message']} (the worker process could "
+                                                "not go on)", kind=crash["type"])
+                            lost.error = {**(lost.error or {}), "where": crash["where"]}
+                        else:
+                            lost = _lost_record(job, spec, "error", elapsed,
+                                                f"worker process died: {_describe_exit(code)} "
+                                                f"({steps} steps reported before it)",
+                                                kind="WorkerDied")
+                        on_record(lost)
+                    return False
+                if kind == "ready":
+                    deadline = None
+                    self.startup_s.append(time.monotonic() - spawned)
+                elif kind == "start":
+                    current, done_in_current, steps = todo[body], set(), 0
+                    probe_started = time.monotonic()
+                    deadline = probe_started + limit if limit is not None else None
+                elif kind == "steps":
+                    steps += body
+                    on_steps(body)
+                elif kind == "record":
+                    rec = ProbeRecord.from_dict(body)
+                    on_record(rec)
+                    done_in_current.add(rec.index)
+                    probe_started, steps = time.monotonic(), 0
+                    deadline = probe_started + limit if limit is not None else None
+                elif kind == "crash":
+                    crash = body
+                elif kind == "fatal":
+                    error = StabcheckError(body["message"])
+                    error.exit_code = body["exit_code"]
+                    raise error
+                elif kind == "done":
+                    proc.join(10)
+                    return True
+        finally:
+            if proc.is_alive():
+                self._kill(proc)
+            for conn in (results_r, results_w, control_r, control_w):
+                conn.close()
+
+    def _kill(self, proc: BaseProcess) -> None:
+        proc.terminate()
+        proc.join(self.kill_grace_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+
+
+def _lost_record(job: Job, spec: ProbeSpec, outcome: str, elapsed: float, message: str,
+                 kind: str = "Timeout") -> ProbeRecord:
+    """The record of a probe whose worker was lost: no trace survives, only what happened."""
+    return ProbeRecord(lr=spec.lr, seed=spec.seed, batch_size=spec.batch_size,
+                       index=spec.index, key=job.keys[spec.index], outcome=outcome,
+                       steps_planned=job.settings.steps, steps_run=0, engine=job.engine,
+                       error={"type": kind, "message": message, "where": None},
+                       wall_time_s=elapsed)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        return f"signal {-code} ({name})"
+    return f"exit status {code}"
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ---------------------------------------------------------------- the worker process side
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Never outlive the audit: the kernel kills us if it dies (Linux), and a watchdog
+    thread exits when our parent changes (everywhere else, and as a second line)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="stabcheck-parent-watchdog", daemon=True).start()
+
+
+def _cuda_unusable() -> bool:
+    import torch
+
+    try:
+        torch.cuda.synchronize()
+        torch.zeros(1, device="cuda").add_(1).item()
+    except Exception:
+        return True
+    return False
+
+
+def worker_main(payload: _Payload, results: Connection, control: Connection) -> None:
+    """Entry point of a worker process (module-level, so ``spawn`` can import it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent(payload.parent_pid)
+
+    import torch
+
+    from stabcheck.problem import build_problem
+
+    torch.set_num_threads(payload.num_threads)
+    try:
+        problem = build_problem(payload.loaded, device=torch.device(payload.device))
+        data = problem.data.to(problem.device)
+        engine = get_engine(payload.engine)
+        warm_up()
+    except Exception as exc:
+        code = exc.exit_code if isinstance(exc, StabcheckError) else 3
+        results.send(("fatal", {"message": f"in the worker process: {exc}", "exit_code": code}))
+        return
+    results.send(("ready", None))
+    stopping = False
+
+    def stop_requested() -> bool:
+        nonlocal stopping
+        if not stopping:
+            with contextlib.suppress(OSError, EOFError):
+                stopping = control.poll()
+        return stopping
+
+    def on_record(record: ProbeRecord) -> None:
+        results.send(("record", record.to_dict()))
+        if record.outcome in ("error", "oom") and problem.device.type == "cuda" \
+                and _cuda_unusable():
+            results.close()
+            os._exit(EXIT_POISONED)
+
+    try:
+        run_cohorts(engine, problem, payload.cohorts, payload.settings, payload.keys, data,
+                    on_record, lambda n: results.send(("steps", n)), stop_requested,
+                    on_cohort=lambda i: results.send(("start", i)))
+    except Exception as exc:  # escaped the engine (a poisoned device, a bug): say what
+        results.send(("crash", describe_exception(exc)))
+        results.close()
+        os._exit(EXIT_CRASHED)
+    results.send(("done", None))
