@@ -309,6 +309,7 @@ def test_choose_executor() -> None:
 
 def test_engine_registry() -> None:
     assert get_engine("sequential").name == "sequential"
+    assert get_engine("vectorized").name == "vectorized"
     with pytest.raises(ValueError, match="unknown engine 'warp'"):
         get_engine("warp")
 
@@ -317,6 +318,18 @@ def test_process_and_local_executors_give_the_same_report(tmp_path: Path) -> Non
     path = fault_config(tmp_path, {})
     _, local = audit(path, tmp_path / "a", executor="local")
     _, process = audit(path, tmp_path / "b", executor="process")
+    assert strip_timings(local) == strip_timings(process)
+
+
+def test_vectorized_cohorts_run_in_a_worker_as_they_do_in_process(write_config,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    path = write_config({"sweep": {"learning_rates": [0.01, 0.1, 30.0], "seeds": [0, 1],
+                                   "batch_sizes": [8]},
+                         "probe": {"steps": 12, "flush_every": 5}})
+    _, local = audit(path, tmp_path / "a", executor="local")
+    _, process = audit(path, tmp_path / "b", executor="process")
+    assert {p["engine"] for p in process["probes"]} == {"vectorized"}
+    assert any(p["status"] == "diverged" for p in process["probes"])  # the replay path too
     assert strip_timings(local) == strip_timings(process)
 
 
