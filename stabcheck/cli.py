@@ -27,7 +27,7 @@ from stabcheck.errors import (
 )
 
 HUMAN_FORMATS = ("rich", "text")
-MACHINE_FORMATS = ("json",)
+MACHINE_FORMATS = ("json", "html")
 
 
 def _stderr_console(plain: bool | None = None) -> Any:

@@ -18,6 +18,7 @@ FORMATS: dict[str, str] = {
     "json": "json_report",
     "text": "terminal",
     "rich": "terminal",
+    "html": "html",
 }
 
 
