@@ -410,7 +410,8 @@ def _probes(result: AuditResult) -> str:
     for p in result.diagnosis.probes:
         r, st = p.record, p.stats
         symbol, _ = SYMBOLS.get(p.status, ("?", ""))
-        codes = ", ".join(sorted({f.code for f in p.findings}))
+        codes = ", ".join(f'<a href="#{_e(c)}">{_e(c)}</a>'
+                          for c in sorted({f.code for f in p.findings}))
         where = ""
         if r.first_nonfinite_step is not None:
             where = f"step {r.first_nonfinite_step}"
@@ -425,7 +426,7 @@ def _probes(result: AuditResult) -> str:
             f'<td class="num">{_e(_g(st.get("final_loss")))}</td>'
             f'<td class="num">{_e(_g(st.get("max_grad_norm")))}</td>'
             f'<td class="num">{_e(_g(st.get("clip_fraction"), ".0%"))}</td>'
-            f"<td>{_e(where)}</td><td>{_e(codes)}</td></tr>")
+            f"<td>{_e(where)}</td><td>{codes}</td></tr>")
     return ('<section id="probes"><h2>Probes</h2><details open><summary>'
             f"{len(rows)} probe(s)</summary><table><tr><th>#</th><th>lr</th><th>seed</th>"
             "<th>bs</th><th>status</th><th>steps</th><th>initial loss</th><th>final loss</th>"

@@ -330,8 +330,8 @@ class Cell:
 
 def heatmap(rows: Sequence[str], cols: Sequence[str], cells: dict[tuple[int, int], Cell], *,
             title: str, row_title: str, col_title: str,
-            legend: Sequence[tuple[str, str, str]] = (), cell_width: int = 96,
-            cell_height: int = 50, css_class: str = "plot heatmap") -> str:
+            legend: Sequence[tuple[str, str, str]] = (), cell_width: int = 112,
+            cell_height: int = 58, css_class: str = "plot heatmap") -> str:
     """A grid of cells, rows top to bottom, columns left to right; ``legend`` holds
     ``(colour, symbol, name)`` entries drawn below the grid."""
     left, top = 70.0, 52.0
@@ -374,10 +374,11 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], cells: dict[tuple[int, int
                             f'fill="{_attr(fill)}"><title>{escape(tip)}</title></rect>')
                 cx, cy = sx + (strip_w - 1) / 2, y0 + 2 + strip_h / 2 + 5
                 body.append(f'<text x="{_n(cx)}" y="{_n(cy)}" text-anchor="middle" '
-                            'fill="#fff" font-size="14" font-weight="700">'
+                            'fill="#fff" font-size="16" font-weight="700">'
                             f"{escape(symbol)}</text>")
             body.append(f'<text x="{_n(x0 + cell_width / 2)}" y="{_n(y0 + cell_height - 4)}" '
-                        f'text-anchor="middle" fill="#333">{escape(cell.caption)}</text>')
+                        f'text-anchor="middle" fill="#333" font-size="12">'
+                        f"{escape(cell.caption)}</text>")
             group = '<g class="cell">' + "".join(body) + "</g>"
             if cell.href:
                 group = f'<a href="{_attr(cell.href)}">{group}</a>'
