@@ -30,9 +30,11 @@ def _n(value: float) -> str:
 
 
 def tick_label(value: float) -> str:
-    """``0.001``, ``1e-05``, ``250``, ``1.5e+04``: short and stable."""
+    """``0.001``, ``1e-05``, ``250``, ``15000``, ``2.5e+07``: short and stable."""
     if value == 0:
         return "0"
+    if value == int(value) and abs(value) < 1e5:
+        return str(int(value))
     return f"{value:.3g}"
 
 
@@ -200,9 +202,9 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         title += " (linear: values <= 0)"
     legend_items = [(s.label, s.color, s.dashed) for s in series] if legend else []
     legend_rows = _legend_rows(legend_items, width - 60)
-    total_height = height + 15 * legend_rows
+    total_height = height + (15 * legend_rows + 8 if legend_rows else 0)
     canvas = _Canvas(width, total_height, title, css_class)
-    left, right, top, bottom = 54.0, width - 12.0, 22.0, height - 34.0
+    left, right, top, bottom = 54.0, width - 18.0, 22.0, height - 34.0
     canvas.text(left, 14, title, extra=' font-weight="600" fill="#222"')
     canvas.add(f'<rect x="{_n(left)}" y="{_n(top)}" width="{_n(right - left)}" '
                f'height="{_n(bottom - top)}" fill="#fff" stroke="#bbb"/>')
@@ -219,7 +221,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
                 _cross(canvas, left + x_axis.norm(float(s.end)) * (right - left), top + 6,
                        s.color)
         if legend_items:
-            _legend(canvas, legend_items, left, height + 2, right)
+            _legend(canvas, legend_items, left, height + 10, right)
         return canvas.done()
     shown = [r for r in refs if math.isfinite(r.value)]
     in_range = [r for r in shown if _reachable(r.value, _y_axis(finite, log_y), finite)]
@@ -269,7 +271,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         path = _path(points)
         if path:
             canvas.add(f'<path class="series" d="{path}" fill="none" stroke="{_attr(s.color)}" '
-                       f'stroke-width="1.4" stroke-linejoin="round"{dash}>'
+                       f'stroke-width="1.4" stroke-opacity="0.85" stroke-linejoin="round"{dash}>'
                        f"<title>{escape(s.label)}</title></path>")
         if len(lookup) == 1:  # a lone point draws no line: show it as a dot
             (cx, cy), = lookup.values()
@@ -285,7 +287,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
             _cross(canvas, px(float(s.end)), top + 6, s.color,
                    f"{s.label}: non-finite at step {tick_label(float(s.end))}")
     if legend_items:
-        _legend(canvas, legend_items, left, height + 2, right)
+        _legend(canvas, legend_items, left, height + 10, right)
     return canvas.done()
 
 
