@@ -38,7 +38,7 @@ CSS = """
 * { box-sizing: border-box; }
 body { margin:0; background:var(--bg); color:#222;
        font:14px/1.45 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; }
-main { max-width:1280px; margin:0 auto; padding:20px 24px 40px; }
+main { max-width:1400px; margin:0 auto; padding:20px 24px 40px; }
 header.top { background:#fff; border:1px solid var(--line); border-radius:8px;
              padding:16px 20px; margin-bottom:16px; }
 h1 { font-size:22px; margin:0 0 6px; }
@@ -58,11 +58,11 @@ nav { margin:10px 0 0; font-size:13px; } nav a { margin-right:12px; }
 a { color:#1f5fa8; text-decoration:none; } a:hover { text-decoration:underline; }
 section { margin-bottom:8px; }
 .panel { background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px 16px; }
-.cells { display:grid; grid-template-columns:repeat(auto-fill, minmax(400px, 1fr)); gap:12px; }
+.cells { display:grid; grid-template-columns:repeat(auto-fill, minmax(320px, 1fr)); gap:12px; }
 .card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:10px 12px;
         scroll-margin-top:10px; }
 .card h4 { margin:0 0 4px; font-size:14px; }
-.card .sub { font-size:12px; color:var(--muted); margin-bottom:4px; }
+.card .sub { font-size:12px; color:var(--muted); margin-bottom:4px; min-height:2.9em; }
 svg.plot { display:block; max-width:100%; height:auto; }
 .card svg.plot { width:100%; }
 table { border-collapse:collapse; background:#fff; font-size:13px; }
@@ -201,12 +201,13 @@ def _cell_card(result: AuditResult, bs: int, lr: float, members: list[ProbeDiagn
             out.append(Series(label=label, x=t.steps.tolist(), y=t.values.tolist(),
                               color=colour, marks=t.marks, end=t.end))
     title = f"lr={lr:g} bs={bs}"
-    loss_svg = line_chart(loss_series, title=f"loss · {title}", x_label="step", y_label="loss",
-                          x_max=x_max, css_class="plot plot-loss")
+    loss_svg = line_chart(loss_series, title="loss", label=f"loss · {title}", x_label="step",
+                          y_label="loss", x_max=x_max, css_class="plot plot-loss")
     refs = [RefLine(clip, f"grad_clip {clip:g}", CLIP_COLOUR)] if clip is not None else []
-    grad_svg = line_chart(grad_series, title=f"gradient norm (before clipping) · {title}",
-                          x_label="step", y_label="grad norm", refs=refs, x_max=x_max,
-                          legend=False, css_class="plot plot-grad")
+    grad_svg = line_chart(grad_series, title="gradient norm (before clipping)",
+                          label=f"gradient norm (before clipping) · {title}", x_label="step",
+                          y_label="grad norm", refs=refs, x_max=x_max, legend=False,
+                          css_class="plot plot-grad")
     spikes = sum(len(plotdata.marked_steps(m, "loss")) for m in members)
     sub = [f"{len(members)} seed(s)"]
     median = plotdata.median_final_loss(members)
@@ -261,7 +262,7 @@ def _sharpness(result: AuditResult) -> str:
             if first.limit is not None and not _matches(first.limit.tolist(), two_over_eta):
                 series.append(Series(label="optimizer stability limit", x=first.steps.tolist(),
                                      y=first.limit.tolist(), color=LIMIT_COLOUR, dashed=True))
-            svg = line_chart(series, title=f"{first.what} · lr={lr:g} bs={bs}",
+            svg = line_chart(series, title=first.what, label=f"{first.what} · lr={lr:g} bs={bs}",
                              x_label="step", y_label=first.what,
                              refs=[RefLine(two_over_eta, f"2/η = {two_over_eta:.3g}",
                                            LIMIT_COLOUR)],
@@ -417,6 +418,10 @@ def _probes(result: AuditResult) -> str:
             where = f"step {r.first_nonfinite_step}"
             if r.nonfinite_module:
                 where += f" in {r.nonfinite_module}"
+        elif r.error:
+            message = str(r.error.get("message", ""))
+            where = f"{r.error.get('type', 'error')}: " + (
+                message if len(message) <= 80 else message[:77] + "…")
         rows.append(
             f'<tr><td class="num">{r.index}</td><td class="num">{r.lr:g}</td>'
             f'<td class="num">{r.seed}</td><td class="num">{r.batch_size}</td>'
@@ -430,7 +435,8 @@ def _probes(result: AuditResult) -> str:
     return ('<section id="probes"><h2>Probes</h2><details open><summary>'
             f"{len(rows)} probe(s)</summary><table><tr><th>#</th><th>lr</th><th>seed</th>"
             "<th>bs</th><th>status</th><th>steps</th><th>initial loss</th><th>final loss</th>"
-            "<th>max grad norm</th><th>clipped</th><th>non-finite</th><th>findings</th></tr>"
+            "<th>max grad norm</th><th>clipped</th><th>non-finite / error</th><th>findings</th>"
+            "</tr>"
             f"{''.join(rows)}</table></details></section>")
 
 

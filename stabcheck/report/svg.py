@@ -192,10 +192,11 @@ def _path(points: list[tuple[float, float] | None]) -> str:
 
 
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str,
-               log_y: bool = True, refs: Sequence[RefLine] = (), width: int = 380,
-               height: int = 230, x_max: float | None = None, legend: bool = True,
-               css_class: str = "plot") -> str:
-    """A line chart. ``log_y`` falls back to a linear axis when a value is <= 0."""
+               log_y: bool = True, refs: Sequence[RefLine] = (), width: int = 320,
+               height: int = 210, x_max: float | None = None, legend: bool = True,
+               css_class: str = "plot", label: str | None = None) -> str:
+    """A line chart. ``log_y`` falls back to a linear axis when a value is <= 0. ``title`` is
+    drawn above the plot; ``label`` (default: the title) names it for screen readers."""
     finite = [float(v) for s in series for v in s.y if v is not None and math.isfinite(v)]
     if log_y and any(v <= 0 for v in finite):
         log_y = False
@@ -203,8 +204,8 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     legend_items = [(s.label, s.color, s.dashed) for s in series] if legend else []
     legend_rows = _legend_rows(legend_items, width - 60)
     total_height = height + (15 * legend_rows + 8 if legend_rows else 0)
-    canvas = _Canvas(width, total_height, title, css_class)
-    left, right, top, bottom = 54.0, width - 18.0, 22.0, height - 34.0
+    canvas = _Canvas(width, total_height, label or title, css_class)
+    left, right, top, bottom = 58.0, width - 18.0, 22.0, height - 34.0
     canvas.text(left, 14, title, extra=' font-weight="600" fill="#222"')
     canvas.add(f'<rect x="{_n(left)}" y="{_n(top)}" width="{_n(right - left)}" '
                f'height="{_n(bottom - top)}" fill="#fff" stroke="#bbb"/>')
@@ -239,8 +240,8 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         canvas.add(f'<line x1="{_n(left)}" y1="{_n(y)}" x2="{_n(right)}" y2="{_n(y)}" '
                    'stroke="#eee"/>')
         canvas.text(left - 4, y + 3.5, tick_label(t), anchor="end", extra=' fill="#555"')
-    canvas.text(12, (top + bottom) / 2, y_label + (" (log)" if log_y else ""), anchor="middle",
-                extra=f' fill="#555" transform="rotate(-90 12 {_n((top + bottom) / 2)})"')
+    canvas.text(10, (top + bottom) / 2, y_label + (" (log)" if log_y else ""), anchor="middle",
+                extra=f' fill="#555" transform="rotate(-90 10 {_n((top + bottom) / 2)})"')
     _x_ticks(canvas, x_axis, left, right, bottom, x_label)
     off_scale = []
     for ref in shown:
