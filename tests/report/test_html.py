@@ -20,7 +20,7 @@ from stabcheck import __version__
 from stabcheck.report import html as html_report
 from stabcheck.report import plotdata, render, svg
 from stabcheck.result import AuditResult
-from tests.report.synthetic import LRS, SIZES, synthetic_result
+from tests.report.synthetic_html import LRS, SIZES, synthetic_result
 
 GOLDEN = Path(__file__).parent / "golden" / "report.html"
 
