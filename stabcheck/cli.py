@@ -156,6 +156,9 @@ def cli() -> None:
 @click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True, help=_OUTPUT_HELP)
 @click.option("--traces", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Export the per-step traces: FILE.csv, or FILE.parquet (needs pyarrow).")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also draw PNG loss/gradient-norm curves, one per batch size, into DIR "
+              "(needs matplotlib: pip install 'stabcheck[plots]').")
 @click.option("--isolated", is_flag=True, help="Ignore [tool.stabcheck] in pyproject.toml.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None,
               help="Lowest severity that fails the audit (overrides the config).")
@@ -184,8 +187,9 @@ def cli() -> None:
 @click.option("--predict-only", is_flag=True, help="Only measure curvature at init and print "
               "the predicted LR ceiling per batch size (seconds; no probe is trained).")
 def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt: str | None,
-          outputs: tuple[tuple[str | None, Path], ...], traces: Path | None, isolated: bool,
-          fail_on: str | None, exit_zero: bool, device: str | None,
+          outputs: tuple[tuple[str | None, Path], ...], traces: Path | None,
+          png_dir: Path | None, isolated: bool, fail_on: str | None, exit_zero: bool,
+          device: str | None,
           steps: int | None, lr: list[float] | None, seeds: list[int] | None,
           batch_size: list[int] | None, engine: str, executor: str, grace_s: float,
           quiet: bool, verbose: bool, predict_only: bool = False) -> int:
@@ -197,6 +201,10 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
 
     if resume and out_dir is None:
         raise click.UsageError("--resume needs --out DIR (the audit to continue)")
+    if png_dir is not None:  # before the audit, not after it has run
+        from stabcheck.report.png import figure_class
+
+        figure_class()
     overrides: dict[str, Any] = {}
     for key, value in (("probe.device", device), ("probe.steps", steps),
                        ("sweep.learning_rates", lr), ("sweep.seeds", seeds),
@@ -215,7 +223,7 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
                            exit_zero=exit_zero, fail_on=fail_on, progress=progress,
                            engine=engine, executor=executor, grace_s=grace_s)
     result, results_dir = run_audit(loaded, options)
-    _emit(result, fmt, outputs, traces, console, quiet)
+    _emit(result, fmt, outputs, traces, console, quiet, png_dir)
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
     return result.exit_code
@@ -247,7 +255,7 @@ def _predict_only(loaded: Any, fmt: str | None, outputs: tuple[tuple[str | None,
 
 
 def _emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
-          traces: Path | None, console: Any, quiet: bool) -> None:
+          traces: Path | None, console: Any, quiet: bool, png_dir: Path | None = None) -> None:
     """The human report always goes to stderr (only the verdict with ``-q``); a machine
     format goes to stdout unless a plain ``-o FILE`` takes it; ``-o FORMAT=FILE`` writes any
     format to a file. With ``GITHUB_STEP_SUMMARY`` set, a Markdown summary is appended there.
@@ -271,6 +279,13 @@ def _emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], 
         from stabcheck.report.traces import write_traces
 
         write_traces(result, traces)
+    if png_dir is not None:
+        from stabcheck.report.png import write_pngs
+
+        written = write_pngs(result, png_dir)
+        if not quiet:
+            console.print(f"plots: {', '.join(str(p) for p in written)}", highlight=False,
+                          markup=False)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         _append_step_summary(result, Path(summary))
@@ -359,17 +374,21 @@ def explain(code: str | None) -> int:
 @click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True, help=_OUTPUT_HELP)
 @click.option("--traces", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Export the per-step traces: FILE.csv, or FILE.parquet (needs pyarrow).")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also draw PNG loss/gradient-norm curves, one per batch size, into DIR "
+              "(needs matplotlib: pip install 'stabcheck[plots]').")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None)
 @click.option("--exit-zero", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
-           traces: Path | None, fail_on: str | None, exit_zero: bool, quiet: bool) -> int:
+           traces: Path | None, png_dir: Path | None, fail_on: str | None, exit_zero: bool,
+           quiet: bool) -> int:
     """Re-render the report of a finished or partial audit, without re-training."""
     from stabcheck.journal import read_journal
     from stabcheck.result import build_result
 
     result = build_result(read_journal(results_dir), exit_zero=exit_zero, fail_on=fail_on)
-    _emit(result, fmt, outputs, traces, _stderr_console(), quiet=quiet)
+    _emit(result, fmt, outputs, traces, _stderr_console(), quiet, png_dir)
     return result.exit_code
 
 

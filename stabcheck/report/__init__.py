@@ -21,6 +21,7 @@ FORMATS: dict[str, str] = {
     "junit": "junit",
     "markdown": "markdown",
     "github": "github",
+    "html": "html",
 }
 
 
