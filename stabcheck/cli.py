@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,27 @@ class StabcheckGroup(click.Group):
         return code
 
 
+def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--format``, ``-o``, ``--traces`` and ``--png``: what ``audit`` and ``report`` write."""
+    options = [
+        click.option("--format", "fmt", type=click.Choice(_all_formats()), default=None,
+                     help="Output format: rich/text go to stderr, the others to stdout "
+                     "(default: rich on a terminal, else text)."),
+        click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True,
+                     help=_OUTPUT_HELP),
+        click.option("--traces", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Export the per-step traces: FILE.csv, or FILE.parquet (needs "
+                     "pyarrow)."),
+        click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=None, metavar="DIR", help="Also draw PNG loss/gradient-norm "
+                     "curves, one per batch size, into DIR (needs matplotlib: pip install "
+                     "'stabcheck[plots]')."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group(cls=StabcheckGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="stabcheck")
 def cli() -> None:
@@ -150,15 +172,7 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the audit in --out, skipping finished "
               "probes.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier audit in --out.")
-@click.option("--format", "fmt", type=click.Choice(_all_formats()), default=None,
-              help="Output format: rich/text go to stderr, the others to stdout (default: "
-              "rich on a terminal, else text).")
-@click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True, help=_OUTPUT_HELP)
-@click.option("--traces", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Export the per-step traces: FILE.csv, or FILE.parquet (needs pyarrow).")
-@click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also draw PNG loss/gradient-norm curves, one per batch size, into DIR "
-              "(needs matplotlib: pip install 'stabcheck[plots]').")
+@_output_options
 @click.option("--isolated", is_flag=True, help="Ignore [tool.stabcheck] in pyproject.toml.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None,
               help="Lowest severity that fails the audit (overrides the config).")
@@ -368,17 +382,10 @@ def explain(code: str | None) -> int:
 
 @cli.command()
 @click.argument("results_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(_all_formats()), default=None,
-              help="Output format: rich/text go to stderr, the others to stdout (default: "
-              "rich on a terminal, else text).")
-@click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True, help=_OUTPUT_HELP)
-@click.option("--traces", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Export the per-step traces: FILE.csv, or FILE.parquet (needs pyarrow).")
-@click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also draw PNG loss/gradient-norm curves, one per batch size, into DIR "
-              "(needs matplotlib: pip install 'stabcheck[plots]').")
-@click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None)
-@click.option("--exit-zero", is_flag=True)
+@_output_options
+@click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None,
+              help="Lowest severity that fails the audit (overrides the one it ran with).")
+@click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings fail the audit.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
            traces: Path | None, png_dir: Path | None, fail_on: str | None, exit_zero: bool,

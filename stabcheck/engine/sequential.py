@@ -191,6 +191,19 @@ class SequentialProbe:
             torch.cuda.set_rng_state_all(snap["cuda_rng"])
 
 
+def mark_nonfinite(record: ProbeRecord, probe: SequentialProbe, snap: dict[str, Any],
+                   bad_step: int, bad: Any) -> None:
+    """Record where a probe first went non-finite (``bad``, from :func:`first_nonfinite`) and
+    replay that step from ``snap`` to name the module where it happened."""
+    from stabcheck.engine.nanlocate import locate_nonfinite
+
+    record.outcome = "nonfinite"
+    record.first_nonfinite_step = bad_step
+    record.nonfinite_what = bad.what
+    record.nonfinite_kind = bad.kind
+    record.nonfinite_module = locate_nonfinite(probe, snap, bad_step, bad.what)
+
+
 def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: str,
               data: TensorData | None = None,
               on_steps: Callable[[int], None] | None = None) -> ProbeRecord:
@@ -199,7 +212,6 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
     ``on_steps(n)`` is called at every flush with the number of steps just completed.
     """
     from stabcheck.engine.curvature import CurvatureTracker
-    from stabcheck.engine.nanlocate import locate_nonfinite
 
     data = data if data is not None else problem.data.to(problem.device)
     started = time.perf_counter()
@@ -234,11 +246,7 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
                 if bad is not None:
                     bad_step = done - chunk.shape[0] + bad.row
                     done = bad_step + 1
-                    record.outcome = "nonfinite"
-                    record.first_nonfinite_step = bad_step
-                    record.nonfinite_what = bad.what
-                    record.nonfinite_kind = bad.kind
-                    record.nonfinite_module = locate_nonfinite(probe, snap, bad_step, bad.what)
+                    mark_nonfinite(record, probe, snap, bad_step, bad)
                     break
                 snap = probe.snapshot(done)
             if every and done % every == 0:

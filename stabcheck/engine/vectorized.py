@@ -68,6 +68,7 @@ from stabcheck.engine.sequential import (
     describe_exception,
     fill_trace,
     is_oom,
+    mark_nonfinite,
     run_probe,
 )
 from stabcheck.plan import Cohort, ProbeSpec, make_cohorts
@@ -846,8 +847,6 @@ def _finish_sequentially(probe: SequentialProbe, record: ProbeRecord, head: tupl
     as in :func:`~stabcheck.engine.sequential.run_probe`. If there is none (a float32
     overflow of a finite, exploding norm), the probe goes on sequentially to the end.
     """
-    from stabcheck.engine.nanlocate import locate_nonfinite
-
     snap = probe.snapshot(start)
     probe.buffer.flushed = start  # rows before ``start`` come from the vectorized run
     done = start
@@ -862,11 +861,7 @@ def _finish_sequentially(probe: SequentialProbe, record: ProbeRecord, head: tupl
         if bad is not None:
             bad_step = lo + bad.row
             done = bad_step + 1
-            record.outcome = "nonfinite"
-            record.first_nonfinite_step = bad_step
-            record.nonfinite_what = bad.what
-            record.nonfinite_kind = bad.kind
-            record.nonfinite_module = locate_nonfinite(probe, snap, bad_step, bad.what)
+            mark_nonfinite(record, probe, snap, bad_step, bad)
             break
         snap = probe.snapshot(done)
     record.steps_run = done

@@ -395,21 +395,26 @@ def test_pngs(result: AuditResult, tmp_path: Path) -> None:
         assert path.stat().st_size > 10_000
 
 
-def test_png_without_matplotlib(result: AuditResult, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import matplotlib`` fail, as on an install without the plots extra."""
     import builtins
-
-    from stabcheck.errors import ConfigError
-    from stabcheck.report.png import MISSING, write_pngs
 
     real_import = builtins.__import__
 
-    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+    def refuse(name: str, *args: Any, **kwargs: Any) -> Any:
         if name.startswith("matplotlib"):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(builtins, "__import__", refuse)
+
+
+@pytest.mark.usefixtures("no_matplotlib")
+def test_png_without_matplotlib(result: AuditResult, tmp_path: Path) -> None:
+    from stabcheck.errors import ConfigError
+    from stabcheck.report.png import MISSING, write_pngs
+
     with pytest.raises(ConfigError, match=re.escape(MISSING)):
         write_pngs(result, tmp_path)
     assert not list(tmp_path.iterdir())
@@ -428,23 +433,13 @@ def test_cli_png_flag(tmp_path: Path, runner_audit: AuditResult) -> None:
     assert f"plots: {tmp_path / 'p' / 'curves-bs16.png'}" in res.output
 
 
-def test_cli_png_without_matplotlib_fails_before_the_audit(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
+@pytest.mark.usefixtures("no_matplotlib")
+def test_cli_png_without_matplotlib_fails_before_the_audit(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from stabcheck.cli import cli
     from stabcheck.report.png import MISSING
 
-    real_import = builtins.__import__
-
-    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     res = CliRunner().invoke(cli, ["audit", "no-such-config.yaml", "--out", str(tmp_path / "o"),
                                    "--png", str(tmp_path / "p")])
     assert res.exit_code == 2
