@@ -608,16 +608,22 @@ class CurvatureTracker:
         self.error: dict[str, Any] | None = None
         self.lipschitz_init = _safe_lipschitz(model)
 
-    def measure(self, step: int, lr: float) -> None:
-        """Measure before step ``step`` (i.e. after ``step`` optimizer updates) at ``lr``."""
+    def measure(self, step: int, lr: float, model: nn.Module | None = None,
+                optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Measure before step ``step`` (i.e. after ``step`` optimizer updates) at ``lr``.
+
+        ``model`` and ``optimizer`` stand in for the tracked ones when given (the vectorized
+        engine unstacks a member into a fresh model for each measurement).
+        """
         if self.error is not None:
             return
         from stabcheck.engine.sequential import describe_exception
 
         started = time.perf_counter()
         try:
-            m = measure_curvature(self.model, self.loss_fn, self.batch, self.optimizer,
-                                  self.state, lr=lr, seed=self.seed)
+            m = measure_curvature(model or self.model, self.loss_fn, self.batch,
+                                  optimizer or self.optimizer, self.state, lr=lr,
+                                  seed=self.seed)
         except Exception as exc:
             self.error = describe_exception(exc)
             return
@@ -630,10 +636,11 @@ class CurvatureTracker:
         self.ratios.append(m["eos_ratio"])
         self.hvps += int(m["hvps"])
 
-    def finish(self, tracked: bool = True) -> dict[str, Any]:
+    def finish(self, tracked: bool = True, model: nn.Module | None = None) -> dict[str, Any]:
         """The probe's curvature record (plain JSON data); only the Lipschitz bounds when
-        sharpness tracking is off (``tracked=False``)."""
-        final = _safe_lipschitz(self.model)
+        sharpness tracking is off (``tracked=False``). The final Lipschitz bound is that of
+        ``model`` when given, else of the tracked model."""
+        final = _safe_lipschitz(model or self.model)
         if not tracked:
             return {"lipschitz_init": self.lipschitz_init, "lipschitz_final": final}
         return {"steps": self.steps, "sharpness": self.sharpness,

@@ -38,11 +38,13 @@ was as fast as or faster than ``vmap(grad)`` on every grid tried, so it is the d
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import os
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,7 @@ import torch
 from torch import nn
 from torch.func import grad_and_value, vmap
 
+from stabcheck.engine.curvature import CurvatureTracker
 from stabcheck.engine.instruments import (
     CLIP_EPS,
     COL,
@@ -152,9 +155,6 @@ def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorDa
     reason = optimizer_reason(problem)
     if reason:
         return reason
-    if settings.curvature_every:
-        return ("probe.curvature_every is set: sharpness is tracked per probe by the "
-                "sequential engine")
     if settings.dtype == "float16":
         return ("float16 needs per-probe dynamic loss scaling (GradScaler), which only the "
                 "sequential engine does")
@@ -772,6 +772,66 @@ class VectorizedEngine:
             on_record(record)
 
 
+@contextlib.contextmanager
+def _rng_preserved(device: torch.device) -> Iterator[None]:
+    """Python, NumPy and torch RNG states restored on exit: unstacking a member re-seeds
+    them, and the cohort's own randomness (dropout under ``vmap``) must not notice."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class _CohortCurvature:
+    """Sharpness tracking (``probe.curvature_every``) for the members of a stacked cohort.
+
+    At each measurement every live member is unstacked into a sequential probe (its model
+    and optimizer state, exactly as the sequential engine would hold them) and measured by
+    its own :class:`~stabcheck.engine.curvature.CurvatureTracker`, which keeps its warm-start
+    eigenvectors from one measurement to the next. The Hessian-vector products run one member
+    at a time; training stays stacked.
+    """
+
+    def __init__(self, run: _CohortRun, every: int) -> None:
+        self.run, self.every = run, every
+        self.trackers: dict[int, CurvatureTracker] = {}
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def measure(self, step: int) -> None:
+        """Measure every live member after ``step`` updates (before step ``step``)."""
+        run = self.run
+        settings = run.settings
+        snap = run.snapshot()
+        with _rng_preserved(run.device):
+            for member in run.members:
+                probe = run.sequential_probe(snap, member)
+                tracker = self.trackers.get(member)
+                if tracker is None:
+                    spec = run.probes[member]
+                    tracker = CurvatureTracker(
+                        probe.model, run.problem.loss_fn, run.data, probe.optimizer, spec.seed,
+                        run.device, settings.curvature_batch or spec.batch_size)
+                    self.trackers[member] = tracker
+                lr = float(run.lr64[min(step, settings.steps - 1), member])
+                tracker.measure(step, lr, probe.model, probe.optimizer)
+                del probe
+
+    def record(self, member: int, lipschitz_final: float | None) -> dict[str, Any] | None:
+        """The member's ``curvature`` record, or ``None`` when it was never measured."""
+        tracker = self.trackers.get(member)
+        if tracker is None:
+            return None
+        out = tracker.finish()
+        out["lipschitz_final"] = lipschitz_final
+        return out
+
+
 def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSettings,
                  keys: dict[int, str], data: TensorData, emit: RecordSink,
                  on_steps: StepSink | None, grad_mode: str, compile_step: bool) -> None:
@@ -785,6 +845,10 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
                            layer_names=list(names)) for s in probes]
     for pos, record in enumerate(records):
         record.curvature = {"lipschitz_init": run.lipschitz(pos), "lipschitz_final": None}
+    curvature = _CohortCurvature(run, settings.curvature_every) \
+        if settings.curvature_every else None
+    if curvature is not None:
+        curvature.measure(0)  # sharpness at init, before any step
     share = 1.0 / len(probes)  # wall time is shared: each member is charged its fraction
     snap = run.snapshot()
     deadline = started + settings.timeout_s if settings.timeout_s else None
@@ -797,6 +861,9 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
         if deadline is not None and time.perf_counter() > deadline:
             timed_out = True
         if t % settings.flush_every and t != settings.steps and not timed_out:
+            # As in the sequential engine, a measurement needs no flush before it.
+            if curvature is not None and curvature.due(t):
+                curvature.measure(t)
             continue
         lo = run.buffer.flushed
         run.buffer.flush(t)
@@ -811,6 +878,9 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
             # statistics decide whether and where it went non-finite, and name the module.
             probe = run.sequential_probe(snap, member)
             head = (run.buffer.host_stats[member], run.buffer.host_layers[member])
+            if curvature is not None:
+                records[member].curvature = curvature.record(member, None) or \
+                    records[member].curvature
             _finish_sequentially(probe, records[member], head, snap["step"], settings, emit,
                                  started, share)
             del probe
@@ -819,10 +889,16 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
         if timed_out:
             break
         snap = run.snapshot()
+        if curvature is not None and curvature.due(t) and run.members:
+            curvature.measure(t)
     for pos, member in enumerate(list(run.members)):
-        curvature = records[member].curvature
-        if curvature is not None:
-            curvature["lipschitz_final"] = run.lipschitz(pos)
+        final = run.lipschitz(pos)
+        tracked = curvature.record(member, final) if curvature is not None else None
+        bounds = records[member].curvature
+        if tracked is not None:
+            records[member].curvature = tracked
+        elif bounds is not None:
+            bounds["lipschitz_final"] = final
         if timed_out and t < settings.steps:
             records[member].outcome = "timeout"
             records[member].error = {
