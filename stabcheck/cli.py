@@ -169,8 +169,9 @@ def cli() -> None:
 @click.argument("config", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Results directory (default: stabcheck-results/<name>-<time>).")
-@click.option("--resume", is_flag=True, help="Continue the audit in --out, skipping finished "
-              "probes.")
+@click.option("--resume", "resume_dir", is_flag=False, flag_value="", default=None,
+              metavar="[DIR]", help="Continue the audit in DIR (or in --out DIR), skipping "
+              "the probes already in its journal.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier audit in --out.")
 @_output_options
 @click.option("--isolated", is_flag=True, help="Ignore [tool.stabcheck] in pyproject.toml.")
@@ -200,7 +201,8 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 @click.option("--predict-only", is_flag=True, help="Only measure curvature at init and print "
               "the predicted LR ceiling per batch size (seconds; no probe is trained).")
-def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt: str | None,
+def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite: bool,
+          fmt: str | None,
           outputs: tuple[tuple[str | None, Path], ...], traces: Path | None,
           png_dir: Path | None, isolated: bool, fail_on: str | None, exit_zero: bool,
           device: str | None,
@@ -213,8 +215,14 @@ def audit(config: Path, out_dir: Path | None, resume: bool, overwrite: bool, fmt
     from stabcheck.project import project_defaults
     from stabcheck.report.progress import PlainProgress, QuietProgress, RichProgress
 
+    resume = resume_dir is not None
+    if resume_dir:
+        if out_dir is not None and Path(resume_dir) != out_dir:
+            raise click.UsageError(f"--resume {resume_dir} and --out {out_dir} name different "
+                                   "directories")
+        out_dir = Path(resume_dir)
     if resume and out_dir is None:
-        raise click.UsageError("--resume needs --out DIR (the audit to continue)")
+        raise click.UsageError("--resume needs the results directory: --resume DIR")
     if png_dir is not None:  # before the audit, not after it has run
         from stabcheck.report.png import figure_class
 

@@ -151,6 +151,27 @@ def test_exit_130_on_interrupt_with_incomplete_report(runner: CliRunner, write_c
     assert "INCOMPLETE" in result.stderr
 
 
+def test_resume_dir_reruns_nothing_that_finished(runner: CliRunner, write_config,
+                                                 tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "r"
+    first = invoke(runner, "audit", write_config({"sweep": {"learning_rates": [0.01]}}),
+                   "--out", out, "--format", "json")
+    assert first.exit_code == 0 and len(json.loads(first.stdout)["probes"]) == 2
+    # Resuming the finished audit (a changed threshold is allowed: the verdict is recomputed)
+    # runs nothing again and reports the same probes.
+    path = write_config({"sweep": {"learning_rates": [0.01]},
+                         "thresholds": {"spike_sigma": 8.0}})
+    again = invoke(runner, "audit", path, "--resume", out, "--format", "json")
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["probes"] == json.loads(first.stdout)["probes"]
+    journal = [json.loads(line) for line in (out / "probes.jsonl").open()]
+    assert sum(1 for e in journal if e.get("type") == "probe") == 2  # nothing ran twice
+    clash = invoke(runner, "audit", path, "--resume", out, "--out", tmp_path / "other")
+    assert clash.exit_code == 2 and "name different directories" in clash.stderr
+    missing = invoke(runner, "audit", path, "--resume")
+    assert missing.exit_code == 2 and "--resume DIR" in missing.stderr
+
+
 def test_validate(runner: CliRunner, write_config) -> None:  # type: ignore[no-untyped-def]
     result = invoke(runner, "validate", write_config())
     assert result.exit_code == 0 and "ok — 4 probes" in result.stderr
