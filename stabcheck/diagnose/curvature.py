@@ -156,6 +156,11 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     return out
 
 
+def _largest(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return _clean(max(finite)) if finite else None
+
+
 def _median(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return _clean(float(np.median(finite))) if finite else None
@@ -185,9 +190,10 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
         finite_ratios = [r for r in ratios if r is not None]
         by_bs[str(bs)] = {
             "predicted_lr_ceiling": min(finite_ceilings) if finite_ceilings else None,
-            "init_sharpness": _median([_finite(e.get("sharpness")) for e in entries]),
-            "init_preconditioned_sharpness": _median([_finite(e.get("preconditioned"))
-                                                      for e in entries]),
+            # The sharpest seed: the one that sets the (lowest) predicted ceiling.
+            "init_sharpness": _largest([_finite(e.get("sharpness")) for e in entries]),
+            "init_preconditioned_sharpness": _largest([_finite(e.get("preconditioned"))
+                                                       for e in entries]),
             "observed_max_stable_lr": stable.get(bs),
             "observed_min_diverged_lr": min(diverged) if diverged else None,
             "max_eos_ratio": _clean(max(finite_ratios)) if finite_ratios else None,

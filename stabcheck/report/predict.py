@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -37,7 +38,7 @@ def print_prediction(prediction: dict[str, Any], console: Console) -> None:
     else:
         table = Table(title="Predicted LR ceiling from init sharpness", title_justify="left")
         table.add_column("batch size", justify="right")
-        table.add_column("init sharpness", justify="right")
+        table.add_column("init sharpness (sharpest seed)", justify="right")
         table.add_column("predicted LR ceiling", justify="right")
         for bs, ceiling in prediction["predicted_lr_ceiling"].items():
             values = [r["by_batch_size"][bs]["sharpness"] for r in ok.values()]
@@ -49,7 +50,7 @@ def print_prediction(prediction: dict[str, Any], console: Console) -> None:
     noise = [r["noise_scale"]["b_simple"] for r in ok.values()
              if r.get("noise_scale") and r["noise_scale"].get("b_simple") is not None]
     if noise:
-        console.print(f"gradient noise scale B_simple ≈ {min(noise):.4g} at init "
+        console.print(f"gradient noise scale B_simple ≈ {float(np.median(noise)):.4g} at init "
                       "(critical batch-size hint: beyond it, larger batches give diminishing "
                       "returns per example)", markup=False)
     console.print("The ceiling is 'stable while the sharpness stays as it is at init': "

@@ -193,7 +193,7 @@ def _curvature(result: AuditResult) -> RenderableType | None:
     adaptive = curv.get("rule") in ("adam", "rmsprop")
     table = Table(title="Curvature: LR ceiling predicted from init sharpness vs observed",
                   title_justify="left", box=None, pad_edge=False)
-    for name in ("batch", "precond. sharpness" if adaptive else "init sharpness",
+    for name in ("batch", "precond. sharpness" if adaptive else "init sharpness (max)",
                  "predicted ceiling", "max stable LR", "first diverged LR", "max EoS ratio"):
         table.add_column(name, justify="right")
     for bs, e in by_bs.items():
