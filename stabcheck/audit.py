@@ -142,25 +142,29 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                     with control.critical():
                         journal.append_event({"event": "engine", "message": engine_note})
                     progress.note(engine_note)
+            def on_note(message: str) -> None:
+                with control.critical():
+                    journal.append_event({"event": "engine", "message": message})
+                progress.note(message)
+
             if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
-                def on_note(message: str) -> None:
-                    with control.critical():
-                        journal.append_event({"event": "engine", "message": message})
-                    progress.note(message)
                 engine.on_note = on_note  # type: ignore[union-attr]
             if not getattr(executor, "in_process", True):
                 # Probes run in workers with their own copy: give this one's device memory back.
                 data = problem.data
                 free_memory(problem.device)
             job = Job(loaded=loaded, problem=problem, data=data, engine=engine.name,
-                      settings=settings, keys=keys, setup_s=setup_s, engine_obj=engine)
+                      settings=settings, keys=keys, setup_s=setup_s, engine_obj=engine,
+                      on_note=on_note)
             if not control.stop_requested:
                 executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
+            control.settle()
             # A Ctrl-C that came after the last probe had finished interrupted nothing.
             interrupted = control.stop_requested and len(done) < len(probes)
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            control.settle()  # from here on Ctrl-C no longer cuts the report short
             progress.stop()
         if interrupted:
             with control.critical():

@@ -215,6 +215,12 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
     from stabcheck.project import project_defaults
     from stabcheck.report.progress import PlainProgress, QuietProgress, RichProgress
 
+    if predict_only:
+        given = [flag for flag, value in (("--out", out_dir), ("--resume", resume_dir),
+                                          ("--traces", traces), ("--png", png_dir))
+                 if value is not None]
+        if given:
+            raise click.UsageError(f"--predict-only trains no probe: {given[0]} does not apply")
     resume = resume_dir is not None
     if resume_dir:
         if out_dir is not None and Path(resume_dir) != out_dir:
@@ -227,6 +233,10 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
         from stabcheck.report.png import figure_class
 
         figure_class()
+        try:
+            png_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{png_dir}: cannot write: {exc.strerror or exc}") from None
     overrides: dict[str, Any] = {}
     for key, value in (("probe.device", device), ("probe.steps", steps),
                        ("sweep.learning_rates", lr), ("sweep.seeds", seeds),

@@ -321,6 +321,25 @@ def test_predict_only_cli(write_config, tmp_path: Path, monkeypatch) -> None:  #
                                  for s in out["seeds"].values())
     assert "Predicted LR ceiling" in result.stderr
     assert not (tmp_path / "stabcheck-results").exists()  # nothing trained, nothing journaled
+    refused = CliRunner().invoke(cli, ["audit", str(config), "--predict-only", "--png", "p"])
+    assert refused.exit_code == 2 and "--png does not apply" in refused.stderr
+
+
+def test_predict_only_with_a_non_finite_model_is_one_line(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+    write_module("nan.py", """
+        import torch
+        from torch import nn
+        class NaNOut(nn.Linear):
+            def forward(self, x):
+                return super().forward(x) * float("nan")
+        def build():
+            return NaNOut(4, 3)
+    """)
+    config = write_config({"model": {"builtin": None, "factory": "./nan.py:build", "kwargs": {}},
+                           "optimizer": {"name": "adam", "kwargs": {}}})
+    result = CliRunner().invoke(cli, ["audit", str(config), "--predict-only"])
+    assert result.exit_code in (0, 3), result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
 
 
 def test_benchmark_smoke(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -333,6 +333,28 @@ def test_vectorized_cohorts_run_in_a_worker_as_they_do_in_process(write_config, 
     assert strip_timings(local) == strip_timings(process)
 
 
+def test_an_engine_note_from_a_worker_reaches_the_report(write_config, write_module,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    write_module("flaky.py", """
+        from torch import nn
+        class Flaky(nn.Linear):
+            calls = 0
+            def forward(self, x):
+                Flaky.calls += 1
+                if Flaky.calls == 6:  # once, part-way through the worker's stacked run
+                    raise RuntimeError("transient failure")
+                return super().forward(x)
+        def build():
+            return Flaky(4, 3)
+    """)
+    path = write_config({"model": {"builtin": None, "factory": "./flaky.py:build", "kwargs": {}},
+                         "probe": {"steps": 12, "flush_every": 5}})
+    result, report = audit(path, tmp_path / "r", executor="process")
+    assert any("RuntimeError: transient failure" in n for n in report["notes"]), report["notes"]
+    assert {p["engine"] for p in report["probes"]} == {"sequential"}
+    assert result.exit_code == 0
+
+
 def strip_timings(report: Any) -> Any:
     """The report without wall-clock fields (the only thing allowed to differ)."""
     if isinstance(report, dict):
@@ -409,6 +431,19 @@ def test_grace_period_ends_in_a_forced_stop() -> None:
         while time.monotonic() < deadline:
             time.sleep(0.01)
     assert control.forced
+
+
+def test_after_settle_no_ctrl_c_cuts_the_report_short() -> None:
+    control = Interrupts(grace_s=0.2)
+    with control.installed():
+        os.kill(os.getpid(), signal.SIGINT)  # a late first Ctrl-C starts the grace timer
+        _let_signal_run()
+        control.settle()  # the probes are over; the report is being written
+        time.sleep(0.5)  # past the grace period: the timer was cancelled
+        os.kill(os.getpid(), signal.SIGINT)  # and a second Ctrl-C is ignored
+        _let_signal_run()
+        written = True
+    assert written and control.stop_requested and not control.forced
 
 
 def test_interrupts_do_nothing_outside_the_main_thread() -> None:

@@ -596,7 +596,9 @@ class CurvatureTracker:
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: TensorData,
                  optimizer: torch.optim.Optimizer, seed: int, device: torch.device,
                  batch_size: int = PROBE_BATCH) -> None:
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.model: nn.Module | None = model
+        self.optimizer: torch.optim.Optimizer | None = optimizer
+        self.loss_fn = loss_fn
         self.batch = data.batch(probe_batch_index(seed, data.n, device, batch_size))
         self.seed = seed
         self.state: dict[str, Any] = {}
@@ -622,11 +624,13 @@ class CurvatureTracker:
             return
         from stabcheck.engine.sequential import describe_exception
 
+        model, optimizer = model or self.model, optimizer or self.optimizer
+        if model is None or optimizer is None:
+            raise ValueError("CurvatureTracker.measure: released; pass model and optimizer")
         started = time.perf_counter()
         try:
-            m = measure_curvature(model or self.model, self.loss_fn, self.batch,
-                                  optimizer or self.optimizer, self.state, lr=lr,
-                                  seed=self.seed, tol=TRACK_TOL)
+            m = measure_curvature(model, self.loss_fn, self.batch, optimizer, self.state,
+                                  lr=lr, seed=self.seed, tol=TRACK_TOL)
         except Exception as exc:
             self.error = describe_exception(exc)
             return
@@ -639,11 +643,17 @@ class CurvatureTracker:
         self.ratios.append(m["eos_ratio"])
         self.hvps += int(m["hvps"])
 
+    def release(self) -> None:
+        """Drop the model and optimizer (a caller that passes its own to :meth:`measure` and
+        :meth:`finish` keeps no second copy alive)."""
+        self.model = self.optimizer = None
+
     def finish(self, tracked: bool = True, model: nn.Module | None = None) -> dict[str, Any]:
         """The probe's curvature record (plain JSON data); only the Lipschitz bounds when
         sharpness tracking is off (``tracked=False``). The final Lipschitz bound is that of
         ``model`` when given, else of the tracked model."""
-        final = _safe_lipschitz(model or self.model)
+        model = model or self.model
+        final = _safe_lipschitz(model) if model is not None else None
         if not tracked:
             return {"lipschitz_init": self.lipschitz_init, "lipschitz_final": final}
         return {"steps": self.steps, "sharpness": self.sharpness,
@@ -652,6 +662,17 @@ class CurvatureTracker:
                 "limit_constant": _clean(self.rule.constant), "probe_batch": _batch_len(self.batch),
                 "lipschitz_init": self.lipschitz_init, "lipschitz_final": final,
                 "hvps": self.hvps, "time_s": round(self.time_s, 4), "error": self.error}
+
+
+def drop_after(curvature: dict[str, Any] | None, last_step: int | None) -> None:
+    """Forget the measurements of a probe's ``curvature`` record made after ``last_step``
+    (its first non-finite step: engines notice that only at the next flush, and measure in
+    between on parameters that are no longer finite)."""
+    if not curvature or last_step is None or "steps" not in curvature:
+        return
+    keep = [i for i, step in enumerate(curvature["steps"]) if step <= last_step]
+    for name in ("steps", "sharpness", "preconditioned", "limit", "eos_ratio"):
+        curvature[name] = [curvature[name][i] for i in keep]
 
 
 def _safe_lipschitz(model: nn.Module) -> float | None:

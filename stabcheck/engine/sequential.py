@@ -211,7 +211,7 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
 
     ``on_steps(n)`` is called at every flush with the number of steps just completed.
     """
-    from stabcheck.engine.curvature import CurvatureTracker
+    from stabcheck.engine.curvature import CurvatureTracker, drop_after
 
     data = data if data is not None else problem.data.to(problem.device)
     started = time.perf_counter()
@@ -261,6 +261,7 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
     if tracker is not None:
         with contextlib.suppress(Exception):
             record.curvature = tracker.finish(tracked=bool(settings.curvature_every))
+            drop_after(record.curvature, record.first_nonfinite_step)
     if probe is not None:
         with contextlib.suppress(Exception):  # after an OOM even a copy may fail
             probe.buffer.flush(max(done, probe.buffer.flushed))

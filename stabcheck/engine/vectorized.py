@@ -758,6 +758,9 @@ class VectorizedEngine:
         free_memory(problem.device)
         if is_oom(failure) and len(rest) > 1:
             half = len(rest) // 2
+            if self.on_note is not None:
+                self.on_note(f"{len(rest)} probes at batch size {rest[0].batch_size} ran out of "
+                             "memory stacked together; running them in two halves")
             for part in (rest[:half], rest[half:]):
                 self._run_group(problem, part, settings, keys, data, on_record, on_steps)
             return
@@ -817,6 +820,7 @@ class _CohortCurvature:
                     tracker = CurvatureTracker(
                         probe.model, run.problem.loss_fn, run.data, probe.optimizer, spec.seed,
                         run.device, settings.curvature_batch or spec.batch_size)
+                    tracker.release()  # each measurement brings its own unstacked member
                     self.trackers[member] = tracker
                 lr = float(run.lr64[min(step, settings.steps - 1), member])
                 tracker.measure(step, lr, probe.model, probe.optimizer)
@@ -942,10 +946,11 @@ def _finish_sequentially(probe: SequentialProbe, record: ProbeRecord, head: tupl
         snap = probe.snapshot(done)
     record.steps_run = done
     if record.curvature is not None:
-        from stabcheck.engine.curvature import safe_lipschitz
+        from stabcheck.engine.curvature import drop_after, safe_lipschitz
 
         record.curvature["lipschitz_final"] = safe_lipschitz(
             (n, p) for n, p in probe.model.named_parameters() if p.requires_grad)
+        drop_after(record.curvature, record.first_nonfinite_step)
     record.notes.append(f"steps {start}-{done - 1} replayed with the sequential engine after "
                         "non-finite statistics")
     stats = np.concatenate([head[0][:start], probe.buffer.host_stats[start:done]])

@@ -55,6 +55,7 @@ class Job:
     keys: dict[int, str]
     setup_s: float = 0.0  # how long building the problem took in this process
     engine_obj: Engine | None = None  # an engine instance for in-process runs (tests, API)
+    on_note: Callable[[str], None] | None = None  # one-line notes from engines in workers
 
 
 class Executor(Protocol):
@@ -82,6 +83,7 @@ class Interrupts:
         self._timer: threading.Timer | None = None
         self._previous: object = None
         self._installed = False
+        self._settled = False
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Interrupts]:
@@ -99,8 +101,15 @@ class Interrupts:
                 self._timer.cancel()
             signal.signal(signal.SIGINT, self._previous)
 
+    def settle(self) -> None:
+        """The probes are over: cancel the grace timer and let further Ctrl-Cs pass without
+        raising, so that the (partial) report is always written."""
+        self._settled = True
+        if self._timer is not None:
+            self._timer.cancel()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.forced:
+        if self.forced or self._settled:
             return  # already stopping as fast as it can; let the partial report be written
         if not self.stop_requested:
             self.stop_requested = True

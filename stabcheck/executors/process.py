@@ -204,6 +204,13 @@ class ProcessExecutor:
                 elif kind == "steps":
                     steps += body
                     on_steps(body)
+                elif kind == "note":
+                    # The engine starts over on part of the cohort (a sequential re-run after a
+                    # vectorized failure, or halves after an OOM): a fresh time limit for it.
+                    probe_started, steps = time.monotonic(), 0
+                    deadline = probe_started + limit if limit is not None else None
+                    if job.on_note is not None:
+                        job.on_note(body)
                 elif kind == "record":
                     rec = ProbeRecord.from_dict(body)
                     on_record(rec)
@@ -317,6 +324,8 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
         problem = build_problem(payload.loaded, device=torch.device(payload.device))
         data = problem.data.to(problem.device)
         engine = get_engine(payload.engine)
+        if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
+            engine.on_note = lambda message: results.send(("note", message))  # type: ignore[attr-defined]
         warm_up()
     except Exception as exc:
         code = exc.exit_code if isinstance(exc, StabcheckError) else 3

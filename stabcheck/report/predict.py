@@ -33,7 +33,7 @@ def print_prediction(prediction: dict[str, Any], console: Console) -> None:
         return
     first = next(iter(ok.values()))
     if first.get("prediction"):
-        console.print(f"{prediction['optimizer']}: init sharpness {first['sharpness']:.4g}; "
+        console.print(f"{prediction['optimizer']}: init sharpness {_fmt(first['sharpness'])}; "
                       f"{first['prediction']}", markup=False)
     else:
         table = Table(title="Predicted LR ceiling from init sharpness", title_justify="left")

@@ -154,6 +154,9 @@ def test_curvature_tracking_matches_sequential(write_config,  # type: ignore[no-
         assert b.curvature["steps"] == a.curvature["steps"], a.label
         if a.outcome == "completed":
             assert a.curvature["steps"] == [0, 7, 14, 21, 28]
+        else:  # nothing measured on parameters past the first non-finite step
+            assert a.curvature["steps"] and \
+                max(a.curvature["steps"]) <= a.first_nonfinite_step  # type: ignore[operator]
         for key in ("sharpness", "preconditioned", "limit", "eos_ratio"):
             for x, y in zip(a.curvature[key], b.curvature[key], strict=True):
                 assert (x is None) == (y is None), f"{a.label}: {key}"
