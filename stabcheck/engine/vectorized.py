@@ -26,7 +26,7 @@ The records it produces have exactly the sequential engine's layout (``engine=
 "vectorized"``); ``tests/engine/test_vectorized.py`` checks that the traces agree.
 
 What it cannot run falls back to the sequential engine with a one-line reason (see
-:func:`select_engine`): custom optimizers, float16 loss scaling, BatchNorm running
+:func:`select_engine`): custom optimizers, BatchNorm running
 statistics, parameters without gradients, anything ``vmap`` refuses (data-dependent
 control flow, in-place updates of module state, ...), and models whose trial step under
 ``vmap`` disagrees with the sequential engine's. A cohort that fails part-way is re-run
@@ -155,9 +155,6 @@ def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorDa
     reason = optimizer_reason(problem)
     if reason:
         return reason
-    if settings.dtype == "float16":
-        return ("float16 needs per-probe dynamic loss scaling (GradScaler), which only the "
-                "sequential engine does")
     try:
         seed_everything(0)
         reason = model_reason(problem.build_model())
@@ -212,6 +209,45 @@ def _col(values: torch.Tensor) -> torch.Tensor:
     return values.to(torch.float32).unsqueeze(1)
 
 
+class _VecScaler:
+    """``torch.amp.GradScaler``'s dynamic loss scaling, one scale per member.
+
+    Same defaults and rule: scale 2**16; an overflow (a non-finite unscaled gradient) skips
+    that member's step and halves its scale; 2000 clean steps in a row double it.
+    """
+
+    INIT, GROWTH, BACKOFF, INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
+
+    def __init__(self, members: int, device: torch.device) -> None:
+        self.scale = torch.full((members,), self.INIT, dtype=torch.float32, device=device)
+        self.growth = torch.zeros(members, dtype=torch.int32, device=device)
+
+    def inverse(self) -> torch.Tensor:
+        """``[P, 1]`` 1/scale, computed as GradScaler does (in float64, then float32)."""
+        return self.scale.double().reciprocal().float().unsqueeze(-1)
+
+    def update(self, found_inf: torch.Tensor) -> None:
+        """After a step: back off where a member overflowed, grow after a clean streak."""
+        streak = torch.where(found_inf, torch.zeros_like(self.growth), self.growth + 1)
+        grow = streak >= self.INTERVAL
+        scale = torch.where(found_inf, self.scale * self.BACKOFF, self.scale)
+        self.scale = torch.where(grow, scale * self.GROWTH, scale)
+        self.growth = torch.where(grow, torch.zeros_like(streak), streak)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.scale, self.growth = self.scale[rows], self.growth[rows]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"scale": self.scale.clone(), "growth": self.growth.clone()}
+
+    @classmethod
+    def state_dict(cls, snap: dict[str, Any], pos: int) -> dict[str, Any]:
+        """One member's state in ``GradScaler.load_state_dict``'s format."""
+        return {"scale": float(snap["scale"][pos]), "growth_factor": cls.GROWTH,
+                "backoff_factor": cls.BACKOFF, "growth_interval": cls.INTERVAL,
+                "_growth_tracker": int(snap["growth"][pos])}
+
+
 class _VecOptimizer:
     """SGD / Adam / AdamW over a flat ``[P, N]`` parameter tensor, one learning rate per row.
 
@@ -235,17 +271,71 @@ class _VecOptimizer:
         self.eps = float(opts["eps"]) if opts.get("eps") is not None else 1e-8
         self.state: dict[str, torch.Tensor] = {}
         self.t = 0  # optimizer steps taken (Adam's bias correction)
+        # With loss scaling, members skip steps on their own: steps taken per member.
+        self.count: torch.Tensor | None = None
 
     def step(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor,
-             neg_lr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+             neg_lr: torch.Tensor, out: torch.Tensor,
+             skip: torch.Tensor | None = None) -> torch.Tensor:
         """Write the updated parameters into ``out`` and return it. ``lr`` is ``[P]``
         float64; ``neg_lr`` is ``-lr`` as a float32 ``[P, 1]`` column. ``grad`` is consumed
         (updated in place). Large outputs go into reused buffers: a fresh multi-megabyte
-        allocation per step costs page faults that can double the cost of the update."""
+        allocation per step costs page faults that can double the cost of the update.
+
+        ``skip`` (``[P]`` bool, float16 loss scaling) marks members whose step is skipped:
+        their parameters and optimizer state stay as they were, as when ``GradScaler`` skips
+        ``optimizer.step()``.
+        """
+        if skip is not None:
+            return self._masked_step(flat, grad, lr, neg_lr, out, skip)
         self.t += 1
         if self.kind == "sgd":
             return self._sgd(flat, grad, neg_lr, out)
         return self._adam(flat, grad, lr, out)
+
+    def _masked_step(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor,
+                     neg_lr: torch.Tensor, out: torch.Tensor,
+                     skip: torch.Tensor) -> torch.Tensor:
+        if self.count is None:
+            self.count = torch.zeros(flat.shape[0], dtype=torch.int64, device=flat.device)
+        hold = skip.unsqueeze(-1)
+        count = self.count + 1  # this step's number, for the members that take it
+        if self.kind == "sgd":
+            g = grad.add_(flat, alpha=self.weight_decay) if self.weight_decay else grad
+            if self.momentum:
+                buf = self.state.get("momentum_buffer")
+                if buf is None:
+                    buf = torch.zeros_like(flat)
+                    self.state["momentum_buffer"] = buf
+                moved = torch.add(buf.mul(self.momentum), g, alpha=1 - self.dampening)
+                moved = torch.where((count == 1).unsqueeze(-1), g, moved)  # first: a copy
+                buf.copy_(torch.where(hold, buf, moved))
+                g = g.add_(buf, alpha=self.momentum) if self.nesterov else buf
+            new = torch.addcmul(flat, g, neg_lr, out=out)
+        else:
+            g = grad
+            if self.weight_decay and not self.decoupled:
+                g = grad.add_(flat, alpha=self.weight_decay)
+            if "exp_avg" not in self.state:
+                self.state["exp_avg"] = torch.zeros_like(flat)
+                self.state["exp_avg_sq"] = torch.zeros_like(flat)
+            exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+            exp_avg.copy_(torch.where(hold, exp_avg, exp_avg.lerp(g, 1 - self.beta1)))
+            exp_avg_sq.copy_(torch.where(
+                hold, exp_avg_sq, exp_avg_sq.mul(self.beta2).addcmul_(g, g, value=1 - self.beta2)))
+            t = count.to(torch.float64)
+            bias_correction1 = 1 - self.beta1 ** t
+            bias_correction2 = 1 - self.beta2 ** t
+            step_size = lr / bias_correction1
+            denom = torch.sqrt(exp_avg_sq, out=g)
+            denom.div_(_col(bias_correction2.sqrt())).add_(self.eps)
+            if self.weight_decay and self.decoupled:
+                torch.mul(flat, _col(1 - lr * self.weight_decay), out=out)
+            else:
+                out.copy_(flat)
+            new = out.sub_(torch.mul(exp_avg, _col(step_size)).div_(denom))
+        self.count = torch.where(skip, self.count, count)
+        return new.copy_(torch.where(hold, flat, new))
 
     def _sgd(self, flat: torch.Tensor, grad: torch.Tensor, neg_lr: torch.Tensor,
              out: torch.Tensor) -> torch.Tensor:
@@ -285,23 +375,27 @@ class _VecOptimizer:
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the state, to rebuild one member's torch optimizer later."""
-        return {"t": self.t, "state": {k: v.clone() for k, v in self.state.items()}}
+        return {"t": self.t, "state": {k: v.clone() for k, v in self.state.items()},
+                "count": self.count.clone() if self.count is not None else None}
 
     def keep(self, rows: torch.Tensor) -> None:
         """Drop every member not in ``rows``."""
         self.state = {k: v[rows] for k, v in self.state.items()}
+        if self.count is not None:
+            self.count = self.count[rows]
 
     def load_into(self, optimizer: torch.optim.Optimizer, snap: dict[str, Any], member: int,
                   slices: dict[str, tuple[int, int]], named: dict[str, nn.Parameter]) -> None:
         """Give a real torch optimizer the state of one member at ``snap``."""
-        if snap["t"] == 0:
+        steps = snap["t"] if snap.get("count") is None else int(snap["count"][member])
+        if steps == 0:
             return
         for name, (lo, hi) in slices.items():
             param = named[name]
             state = {k: v[member, lo:hi].view_as(param).clone().to(param.device)
                      for k, v in snap["state"].items()}
             if self.kind == "adam":
-                state["step"] = torch.tensor(float(snap["t"]), dtype=torch.float32)
+                state["step"] = torch.tensor(float(steps), dtype=torch.float32)
             optimizer.state[param] = state
 
 
@@ -445,6 +539,10 @@ class _CohortRun:
         self.order = torch.stack([batch_order(s.seed, data.n, s.batch_size, steps)
                                   for s in self.probes], dim=1).to(device)  # [steps, P, B]
         self.optimizer = _VecOptimizer(problem.optimizer_name, problem.optimizer_kwargs)
+        # float16: dynamic loss scaling per member, as the sequential engine's GradScaler.
+        self.scaler = _VecScaler(P, device) if settings.dtype == "float16" else None
+        if self.scaler is not None and grad_mode != "sum":
+            raise ValueError("float16 loss scaling needs grad_mode='sum'")
         self.buffer = StatBuffer(steps, len(layout.layers.names), device, leading=(P,))
         self.buffer.stats[:, :, COL["lr"]] = self.lr64.T.float()
         self.buffer.stats[:, :, COL["skipped"]] = 0.0
@@ -479,7 +577,8 @@ class _CohortRun:
 
             def summed(flat: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
                 losses = fwd(flat, batch)
-                (grad,) = torch.autograd.grad(losses.sum(), flat)
+                scaled = losses if self.scaler is None else losses * self.scaler.scale
+                (grad,) = torch.autograd.grad(scaled.sum(), flat)
                 return losses.detach(), grad
             return summed
         if self.grad_mode != "vmap_grad":
@@ -527,6 +626,10 @@ class _CohortRun:
         losses, grad = self._loss_grad(self.flat, self.data.batch(idx))
         with torch.no_grad():
             flat = self.flat.detach()
+            skip = None
+            if self.scaler is not None:  # GradScaler.unscale_: measure the true gradients
+                grad.mul_(self.scaler.inverse())
+                skip = ~torch.isfinite(grad).all(dim=1)
             layer_norms = self._layer_norms(grad)
             grad_norm = torch.linalg.vector_norm(layer_norms, dim=1)
             clip = self.settings.grad_clip
@@ -537,7 +640,9 @@ class _CohortRun:
                 clipped = (coef < 1.0).float()
             else:
                 clipped = self.zeros
-            new = self.optimizer.step(flat, grad, lr, neg_lr, out=self._spare)
+            new = self.optimizer.step(flat, grad, lr, neg_lr, out=self._spare, skip=skip)
+            if self.scaler is not None and skip is not None:
+                self.scaler.update(skip)
             update_norm = torch.linalg.vector_norm(torch.sub(new, flat, out=self._delta), dim=1)
             new_norm = torch.linalg.vector_norm(new, dim=1)
             ratio = update_norm / self.param_norm.clamp(min=1e-30)
@@ -547,9 +652,14 @@ class _CohortRun:
             if full:
                 stats[:, : row.shape[1]] = row
                 layers.copy_(layer_norms)
+                if skip is not None:
+                    stats[:, COL["skipped"]] = skip.float()
             else:
                 stats[:, : row.shape[1]] = stats[:, : row.shape[1]].index_copy(0, self.rows, row)
                 layers.index_copy_(0, self.rows, layer_norms.float())
+                if skip is not None:
+                    stats[:, COL["skipped"]] = stats[:, COL["skipped"]].index_copy(
+                        0, self.rows, skip.float())
         self._spare = flat  # double buffering: the old parameters take the next update
         self.flat = new.detach().requires_grad_(self.grad_mode == "sum")
         self.steps_done = t + 1
@@ -572,6 +682,8 @@ class _CohortRun:
             self._delta = torch.empty_like(self.flat.detach())
             self.consts = {k: v[pos] for k, v in self.consts.items()}
         self.optimizer.keep(pos)
+        if self.scaler is not None:
+            self.scaler.keep(pos)
         self.param_norm = self.param_norm[pos]
         self.zeros = self.zeros[pos]
         self.rows = self.rows[pos]
@@ -588,7 +700,8 @@ class _CohortRun:
     def snapshot(self) -> dict[str, Any]:
         """Weights and optimizer state of every live member, to replay a failing step."""
         return {"step": self.steps_done, "flat": self.flat.detach().clone(),
-                "members": list(self.members), "optimizer": self.optimizer.snapshot()}
+                "members": list(self.members), "optimizer": self.optimizer.snapshot(),
+                "scaler": self.scaler.snapshot() if self.scaler is not None else None}
 
     def sequential_probe(self, snap: dict[str, Any], member: int) -> SequentialProbe:
         """A sequential probe in the state ``member`` (a probe position) had at ``snap``."""
@@ -601,6 +714,8 @@ class _CohortRun:
             for name, (lo, hi) in slices.items():
                 named[name].copy_(snap["flat"][pos, lo:hi].view_as(named[name]))
         self.optimizer.load_into(probe.optimizer, snap["optimizer"], pos, slices, named)
+        if probe.scaler is not None and snap.get("scaler") is not None:
+            probe.scaler.load_state_dict(_VecScaler.state_dict(snap["scaler"], pos))
         with torch.no_grad():
             probe.param_norm = probe._norm(probe.params)
         return probe
