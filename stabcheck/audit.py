@@ -142,6 +142,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                     with control.critical():
                         journal.append_event({"event": "engine", "message": engine_note})
                     progress.note(engine_note)
+
             def on_note(message: str) -> None:
                 with control.critical():
                     journal.append_event({"event": "engine", "message": message})

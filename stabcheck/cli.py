@@ -202,13 +202,11 @@ def cli() -> None:
 @click.option("--predict-only", is_flag=True, help="Only measure curvature at init and print "
               "the predicted LR ceiling per batch size (seconds; no probe is trained).")
 def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite: bool,
-          fmt: str | None,
-          outputs: tuple[tuple[str | None, Path], ...], traces: Path | None,
+          fmt: str | None, outputs: tuple[tuple[str | None, Path], ...], traces: Path | None,
           png_dir: Path | None, isolated: bool, fail_on: str | None, exit_zero: bool,
-          device: str | None,
-          steps: int | None, lr: list[float] | None, seeds: list[int] | None,
-          batch_size: list[int] | None, engine: str, executor: str, grace_s: float,
-          quiet: bool, verbose: bool, predict_only: bool = False) -> int:
+          device: str | None, steps: int | None, lr: list[float] | None,
+          seeds: list[int] | None, batch_size: list[int] | None, engine: str, executor: str,
+          grace_s: float, quiet: bool, verbose: bool, predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
