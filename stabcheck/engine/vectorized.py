@@ -313,27 +313,7 @@ class _VecOptimizer:
                 g = g.add_(buf, alpha=self.momentum) if self.nesterov else buf
             new = torch.addcmul(flat, g, neg_lr, out=out)
         else:
-            g = grad
-            if self.weight_decay and not self.decoupled:
-                g = grad.add_(flat, alpha=self.weight_decay)
-            if "exp_avg" not in self.state:
-                self.state["exp_avg"] = torch.zeros_like(flat)
-                self.state["exp_avg_sq"] = torch.zeros_like(flat)
-            exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
-            exp_avg.copy_(torch.where(hold, exp_avg, exp_avg.lerp(g, 1 - self.beta1)))
-            exp_avg_sq.copy_(torch.where(
-                hold, exp_avg_sq, exp_avg_sq.mul(self.beta2).addcmul_(g, g, value=1 - self.beta2)))
-            t = count.to(torch.float64)
-            bias_correction1 = 1 - self.beta1 ** t
-            bias_correction2 = 1 - self.beta2 ** t
-            step_size = lr / bias_correction1
-            denom = torch.sqrt(exp_avg_sq, out=g)
-            denom.div_(_col(bias_correction2.sqrt())).add_(self.eps)
-            if self.weight_decay and self.decoupled:
-                torch.mul(flat, _col(1 - lr * self.weight_decay), out=out)
-            else:
-                out.copy_(flat)
-            new = out.sub_(torch.mul(exp_avg, _col(step_size)).div_(denom))
+            new = self._adam(flat, grad, lr, out, hold, count)
         self.count = torch.where(skip, self.count, count)
         return new.copy_(torch.where(hold, flat, new))
 
@@ -351,7 +331,11 @@ class _VecOptimizer:
         return torch.addcmul(flat, g, neg_lr, out=out)
 
     def _adam(self, flat: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor,
-              out: torch.Tensor) -> torch.Tensor:
+              out: torch.Tensor, hold: torch.Tensor | None = None,
+              count: torch.Tensor | None = None) -> torch.Tensor:
+        """Adam/AdamW. With ``hold`` (``[P, 1]``, members that skip this step) and ``count``
+        (each member's step number), the moments of held members stay as they were and the
+        bias corrections are per member."""
         g = grad
         if self.weight_decay and not self.decoupled:
             g = grad.add_(flat, alpha=self.weight_decay)
@@ -359,13 +343,21 @@ class _VecOptimizer:
             self.state["exp_avg"] = torch.zeros_like(flat)
             self.state["exp_avg_sq"] = torch.zeros_like(flat)
         exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
-        exp_avg.lerp_(g, 1 - self.beta1)
-        exp_avg_sq.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-        bias_correction1 = 1 - self.beta1 ** self.t
-        bias_correction2 = 1 - self.beta2 ** self.t
+        if hold is None or count is None:
+            exp_avg.lerp_(g, 1 - self.beta1)
+            exp_avg_sq.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            bias_correction1: float | torch.Tensor = 1 - self.beta1 ** self.t
+            root2: float | torch.Tensor = (1 - self.beta2 ** self.t) ** 0.5
+        else:
+            exp_avg.copy_(torch.where(hold, exp_avg, exp_avg.lerp(g, 1 - self.beta1)))
+            moved = exp_avg_sq.mul(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            exp_avg_sq.copy_(torch.where(hold, exp_avg_sq, moved))
+            t = count.to(torch.float64)
+            bias_correction1 = 1 - self.beta1 ** t
+            root2 = _col((1 - self.beta2 ** t).sqrt())
         step_size = lr / bias_correction1
         denom = torch.sqrt(exp_avg_sq, out=g)  # the gradient is not needed any more
-        denom.div_(bias_correction2 ** 0.5).add_(self.eps)
+        denom.div_(root2).add_(self.eps)
         if self.weight_decay and self.decoupled:
             torch.mul(flat, _col(1 - lr * self.weight_decay), out=out)
         else:
