@@ -55,6 +55,7 @@ NOISE_DRAWS = 8  # gradient pairs averaged for the noise-scale estimate
 # and without a floor a vanishing Hessian (a loss at 0) would never meet a relative tolerance.
 NEGLIGIBLE = 1e-7
 SPECTRAL_ITERS = 50  # power-iteration steps for one weight matrix's spectral norm
+EXACT_SPECTRAL = 512  # matrices up to this size on their short side get an exact SVD norm
 
 Vectors = list[torch.Tensor]
 
@@ -403,12 +404,29 @@ def measure_curvature(model: nn.Module, loss_fn: LossFn, batch: Batch,
 # --------------------------------------------------------------------------- Lipschitz
 
 
+def spectral_norms(weights: torch.Tensor) -> list[float]:
+    """Largest singular value of each matrix in a ``[..., out, in]`` stack (NaN where the
+    matrix is not finite): exact (batched SVD) for matrices up to ``EXACT_SPECTRAL`` on their
+    short side, by power iteration beyond."""
+    w = weights.detach().float()
+    flat = w.reshape(-1, *w.shape[-2:])
+    if min(flat.shape[-2:]) > EXACT_SPECTRAL:
+        return [spectral_norm(m) for m in flat]
+    finite = torch.isfinite(flat).all(dim=(-2, -1))
+    sigma = torch.linalg.matrix_norm(torch.where(finite[:, None, None], flat, 0.0), ord=2)
+    return [float(x) if ok else float("nan") for x, ok in zip(sigma.tolist(), finite.tolist(),
+                                                             strict=True)]
+
+
 def spectral_norm(weight: torch.Tensor, iters: int = SPECTRAL_ITERS, tol: float = 1e-4,
                   seed: int = 0) -> float:
-    """Largest singular value of ``weight`` reshaped to ``[out, -1]``, by power iteration."""
+    """Largest singular value of ``weight`` reshaped to ``[out, -1]``: exact for small
+    matrices, else by power iteration."""
     w = weight.detach().float().reshape(weight.shape[0], -1)
     if not torch.isfinite(w).all():
         return float("nan")
+    if min(w.shape) <= EXACT_SPECTRAL:
+        return float(torch.linalg.matrix_norm(w, ord=2))
     v = torch.randn(w.shape[1], generator=_generator(seed)).to(w.device)
     v = v / v.norm().clamp(min=1e-30)
     sigma, prev = 0.0, None
@@ -440,13 +458,21 @@ def lipschitz_bound(model: nn.Module) -> dict[str, Any]:
 
 
 def lipschitz_of(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, Any]:
-    """:func:`lipschitz_bound` of named weight tensors (the vectorized engine's member views)."""
+    """:func:`lipschitz_bound` of named weight tensors."""
+    names, sigmas = [], []
+    for name, p in named:
+        if p.dim() >= 2:
+            names.append(name)
+            sigmas.append(spectral_norm(p))
+    return lipschitz_from(names, sigmas)
+
+
+def lipschitz_from(names: Sequence[str], sigmas: Sequence[float]) -> dict[str, Any]:
+    """The Lipschitz bound from per-matrix spectral norms (the vectorized engine computes
+    those for a whole cohort at once)."""
     layers = []
     log_sum = 0.0
-    for name, p in named:
-        if p.dim() < 2:
-            continue
-        sigma = spectral_norm(p)
+    for name, sigma in zip(names, sigmas, strict=True):
         layers.append({"name": name, "spectral_norm": _clean(sigma)})
         log_sum += math.log(sigma) if sigma > 0 and math.isfinite(sigma) else \
             (float("nan") if not math.isfinite(sigma) else float("-inf"))

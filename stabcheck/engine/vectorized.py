@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
+import math
 import os
 import random
 import time
@@ -681,13 +682,26 @@ class _CohortRun:
         self.rows = self.rows[pos]
         self.members = [self.members[i] for i in keep_rows]
 
-    def lipschitz(self, pos: int) -> float | None:
-        """The Lipschitz upper bound of the live member at position ``pos`` (as the
-        sequential engine computes it on its model)."""
-        from stabcheck.engine.curvature import safe_lipschitz
+    def lipschitz(self) -> list[float | None]:
+        """The Lipschitz upper bound of every live member (as the sequential engine computes
+        it on its model), each weight matrix's spectral norms for the whole cohort at once."""
+        from stabcheck.engine.curvature import lipschitz_from, spectral_norms
 
-        with torch.no_grad():
-            return safe_lipschitz(self._views(self.flat.detach()[pos], ()).items())
+        flat = self.flat.detach()
+        names, per_layer = [], []
+        slices = self.layout.slices()
+        try:
+            for name, shape in zip(self.layout.names, self.layout.shapes, strict=True):
+                if len(shape) < 2:
+                    continue
+                lo, hi = slices[name]
+                names.append(name)
+                per_layer.append(spectral_norms(flat[:, lo:hi].reshape(-1, shape[0],
+                                                                       math.prod(shape[1:]))))
+            return [lipschitz_from(names, [layer[i] for layer in per_layer])["lipschitz"]
+                    for i in range(flat.shape[0])]
+        except Exception:  # an exotic parameter layout must never fail the probe
+            return [None] * flat.shape[0]
 
     def snapshot(self) -> dict[str, Any]:
         """Weights and optimizer state of every live member, to replay a failing step."""
@@ -954,8 +968,8 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
                            key=keys[s.index], outcome="completed",
                            steps_planned=settings.steps, steps_run=0, engine="vectorized",
                            layer_names=list(names)) for s in probes]
-    for pos, record in enumerate(records):
-        record.curvature = {"lipschitz_init": run.lipschitz(pos), "lipschitz_final": None}
+    for record, bound in zip(records, run.lipschitz(), strict=True):
+        record.curvature = {"lipschitz_init": bound, "lipschitz_final": None}
     curvature = _CohortCurvature(run, settings.curvature_every) \
         if settings.curvature_every else None
     if curvature is not None:
@@ -1002,8 +1016,9 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
         snap = run.snapshot()
         if curvature is not None and curvature.due(t) and run.members:
             curvature.measure(t)
+    finals = run.lipschitz() if run.members else []
     for pos, member in enumerate(list(run.members)):
-        final = run.lipschitz(pos)
+        final = finals[pos]
         tracked = curvature.record(member, final) if curvature is not None else None
         bounds = records[member].curvature
         if tracked is not None:
