@@ -25,6 +25,7 @@ from stabcheck.errors import (
     ConfigError,
     StabcheckError,
     UserCodeError,
+    writing,
 )
 
 HUMAN_FORMATS = ("rich", "text")
@@ -231,10 +232,8 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
         from stabcheck.report.png import figure_class
 
         figure_class()
-        try:
+        with writing(png_dir):
             png_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{png_dir}: cannot write: {exc.strerror or exc}") from None
     overrides: dict[str, Any] = {}
     for key, value in (("probe.device", device), ("probe.steps", steps),
                        ("sweep.learning_rates", lr), ("sweep.seeds", seeds),
@@ -322,11 +321,9 @@ def _emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], 
 
 
 def _write(path: Path, text: str) -> None:
-    try:
+    with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _append_step_summary(result: Any, path: Path) -> None:
@@ -378,10 +375,8 @@ def init(path: Path, force: bool) -> int:
     if path.exists() and not force:
         raise ConfigError(f"{path}: already exists (use --force to overwrite)")
     text = resources.files("stabcheck").joinpath("templates/starter.yaml").read_text("utf-8")
-    try:
+    with writing(path):
         path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}; run: stabcheck audit {path}", err=True)
     return 0
 

@@ -6,6 +6,10 @@ escapes is an internal error (exit 3). See the exit-code table in the README.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -47,3 +51,12 @@ class AuditNotCarriedOut(StabcheckError):
     """The audit ran but could not reach a verdict (too few probes finished, …)."""
 
     exit_code = EXIT_NOT_CARRIED_OUT
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` into the one-line ``cannot write`` error."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stabcheck.errors import ConfigError
+from stabcheck.errors import ConfigError, writing
 from stabcheck.report import plotdata
 from stabcheck.report.svg import PALETTE
 
@@ -40,10 +40,8 @@ def write_pngs(result: AuditResult, directory: Path) -> list[Path]:
     seeds = plotdata.seeds(result)
     colours = {seed: PALETTE[i % len(PALETTE)] for i, seed in enumerate(seeds)}
     clip = plotdata.grad_clip(result)
-    try:
+    with writing(directory):
         directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{directory}: cannot write: {exc.strerror or exc}") from None
     written: list[Path] = []
     for bs in sizes:
         columns = [lr for lr in lrs if (bs, lr) in cells]
@@ -65,10 +63,8 @@ def write_pngs(result: AuditResult, directory: Path) -> list[Path]:
             axes[0][j].legend(fontsize=8)
         fig.suptitle(f"{result.name}: batch size {bs}")
         path = directory / f"curves-bs{bs}.png"
-        try:
+        with writing(path):
             fig.savefig(path, dpi=100)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
         written.append(path)
     return written
 

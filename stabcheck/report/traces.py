@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stabcheck.errors import ConfigError
+from stabcheck.errors import ConfigError, writing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,7 +39,7 @@ def traces_frame(result: AuditResult) -> pd.DataFrame:
 def write_traces(result: AuditResult, path: Path) -> None:
     """Write the traces to ``path``: ``.parquet`` as Parquet, anything else as CSV."""
     table = traces_frame(result)
-    try:
+    with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".parquet":
             try:
@@ -50,5 +50,3 @@ def write_traces(result: AuditResult, path: Path) -> None:
             table.to_parquet(path, index=False)
         else:
             table.to_csv(path, index=False)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
