@@ -79,6 +79,13 @@ class Finding:
         """The code's short title."""
         return self.info.title
 
+    @property
+    def evidence(self) -> str | None:
+        """``value V, threshold T`` when the finding measured a value against a threshold."""
+        if self.value is None or self.threshold is None:
+            return None
+        return f"value {self.value:.4g}, threshold {self.threshold:.4g}"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the JSON report."""
         data = asdict(self)

@@ -25,9 +25,7 @@ _CRASHED = ("error", "timeout", "oom")
 
 
 def _text(f: Finding) -> str:
-    out = f"{f.code} {f.title}: {f.message}"
-    if f.value is not None and f.threshold is not None:
-        out += f" (value {f.value:.4g}, threshold {f.threshold:.4g})"
+    out = f"{f.code} {f.title}: {f.message}" + (f" ({f.evidence})" if f.evidence else "")
     return out + (f"\n{f.recommendation}" if f.recommendation else "")
 
 

@@ -7,15 +7,12 @@ it under GitHub's 1 MiB step-summary limit by dropping findings past that size.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from stabcheck.report import plotdata
 from stabcheck.report.terminal import SYMBOLS
 
 if TYPE_CHECKING:
-    from stabcheck.diagnose import ProbeDiagnosis
     from stabcheck.findings import Finding
     from stabcheck.result import AuditResult
 
@@ -29,26 +26,21 @@ def cell(text: Any) -> str:
 
 
 def _grid(result: AuditResult) -> list[str]:
-    probes = result.diagnosis.probes
-    if not probes:
+    if not result.diagnosis.probes:
         return ["_No probe finished._", ""]
-    lrs = sorted({p.record.lr for p in probes})
-    cells: dict[tuple[int, float], list[ProbeDiagnosis]] = defaultdict(list)
-    for p in probes:
-        cells[(p.record.batch_size, p.record.lr)].append(p)
+    sizes, lrs, cells = plotdata.grid(result)
     lines = ["| batch \\ lr | " + " | ".join(f"{lr:g}" for lr in lrs) + " |",
              "|---:|" + "---|" * len(lrs)]
-    for bs in sorted({p.record.batch_size for p in probes}):
+    for bs in sizes:
         row = []
         for lr in lrs:
-            members = sorted(cells.get((bs, lr), []), key=lambda m: m.record.seed)
+            members = cells.get((bs, lr), [])
             if not members:
                 row.append("–")
                 continue
             symbols = "".join(SYMBOLS.get(m.status, ("?", ""))[0] for m in members)
-            finals = [m.stats.get("final_loss") for m in members]
-            finite = [f for f in finals if f is not None]
-            row.append(f"{symbols} {np.median(finite):.3g}" if finite else symbols)
+            median = plotdata.median_final_loss(members)
+            row.append(f"{symbols} {median:.3g}" if median is not None else symbols)
         lines.append(f"| **{bs}** | " + " | ".join(cell(c) for c in row) + " |")
     legend = ", ".join(f"{sym} {status}" for status, (sym, _) in SYMBOLS.items())
     return [*lines, "", f"<sub>{legend}; one symbol per seed, then the median final loss."
@@ -58,9 +50,7 @@ def _grid(result: AuditResult) -> list[str]:
 def _finding_rows(findings: list[Finding]) -> list[str]:
     rows = ["| severity | code | finding | recommendation |", "|---|---|---|---|"]
     for f in findings:
-        evidence = f.message
-        if f.value is not None and f.threshold is not None:
-            evidence += f" (value {f.value:.4g}, threshold {f.threshold:.4g})"
+        evidence = f.message + (f" ({f.evidence})" if f.evidence else "")
         rows.append(f"| {f.severity.value} | `{f.code}` {cell(f.title)} | {cell(evidence)} | "
                     f"{cell(f.recommendation)} |")
     return rows

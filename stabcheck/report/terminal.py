@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stabcheck.findings import Finding
+from stabcheck.report import plotdata
 
 if TYPE_CHECKING:
     from stabcheck.diagnose import ProbeDiagnosis
@@ -68,12 +69,7 @@ def _cell_curve(members: list[ProbeDiagnosis]) -> np.ndarray:
 
 
 def _grid(result: AuditResult) -> Table:
-    probes = result.diagnosis.probes
-    lrs = sorted({p.record.lr for p in probes})
-    sizes = sorted({p.record.batch_size for p in probes})
-    cells: dict[tuple[int, float], list[ProbeDiagnosis]] = defaultdict(list)
-    for p in probes:
-        cells[(p.record.batch_size, p.record.lr)].append(p)
+    sizes, lrs, cells = plotdata.grid(result)
     table = Table(title="Probe grid: status per seed, median final loss, loss curve",
                   title_justify="left", show_lines=True)
     table.add_column("batch \\ lr", justify="right", style="bold")
@@ -82,8 +78,7 @@ def _grid(result: AuditResult) -> Table:
     for bs in sizes:
         row: list[RenderableType] = [str(bs)]
         for lr in lrs:
-            members = sorted(cells.get((bs, lr), []), key=lambda m: m.record.seed)
-            row.append(_cell(members))
+            row.append(_cell(cells.get((bs, lr), [])))
         table.add_row(*row)
     return table
 
@@ -95,9 +90,8 @@ def _cell(members: list[ProbeDiagnosis]) -> Text:
     for m in members:
         symbol, style = SYMBOLS.get(m.status, ("?", "white"))
         text.append(symbol, style=style)
-    finals = [m.stats.get("final_loss") for m in members]
-    finite = [f for f in finals if f is not None]
-    text.append(f" {np.median(finite):.3g}" if finite else " –")
+    median = plotdata.median_final_loss(members)
+    text.append(f" {median:.3g}" if median is not None else " –")
     text.append("\n" + sparkline(_cell_curve(members)), style="dim")
     return text
 
@@ -117,9 +111,8 @@ def _findings(findings: list[Finding]) -> RenderableType:
         lines = Text(first.title, style="bold")
         for f in group[:MAX_PER_CODE]:
             lines.append(f"\n  {f.message}")
-            if f.value is not None and f.threshold is not None:
-                lines.append(f"  [value {f.value:.4g}, threshold {f.threshold:.4g}]",
-                             style="dim")
+            if f.evidence:
+                lines.append(f"  [{f.evidence}]", style="dim")
         if len(group) > MAX_PER_CODE:
             lines.append(f"\n  … and {len(group) - MAX_PER_CODE} more", style="dim")
         lines.append(f"\n  → {first.recommendation}", style="italic")
