@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from stabcheck.errors import ConfigError
+from stabcheck.records import CRASHED
 
-FAILED_STATUSES = ("diverged", "error", "timeout", "oom")
+FAILED_STATUSES = ("diverged", *CRASHED)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,16 @@ import numpy as np
 
 # What the engine says happened to a probe (its *status* is a diagnosis, made downstream).
 OUTCOMES = ("completed", "nonfinite", "error", "timeout", "oom")
+# The outcomes of a probe that did not run to a result; each is also that probe's status.
+CRASHED = ("error", "timeout", "oom")
+
+
+def significant(value: float | None) -> float | None:
+    """A number as reports keep it: 6 significant digits, ``None`` when missing or not
+    finite."""
+    if value is None or not np.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
 
 
 @dataclass

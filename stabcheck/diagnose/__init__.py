@@ -28,7 +28,7 @@ from stabcheck.diagnose import (
 )
 from stabcheck.diagnose.context import Context
 from stabcheck.findings import Finding, Severity, sort_findings
-from stabcheck.records import ProbeRecord
+from stabcheck.records import CRASHED, ProbeRecord, significant
 
 STATUSES = ("healthy", "unstable", "diverged", "error", "timeout", "oom")
 
@@ -59,26 +59,24 @@ def probe_stats(record: ProbeRecord) -> dict[str, float | None]:
     clipped = record.series("clipped")
     ratio = record.series("update_ratio")
 
-    def clean(value: float) -> float | None:
-        return float(f"{value:.6g}") if np.isfinite(value) else None
-
     finite_grad = grad[np.isfinite(grad)]
     finite_ratio = ratio[np.isfinite(ratio)]
     return {
-        "initial_loss": clean(numerics.start_loss(loss, 1)),
-        "final_loss": clean(numerics.end_loss(loss)),
-        "min_loss": clean(float(np.nanmin(loss))) if np.isfinite(loss).any() else None,
-        "max_grad_norm": clean(float(finite_grad.max())) if finite_grad.size else None,
-        "median_grad_norm": clean(float(np.median(finite_grad))) if finite_grad.size else None,
-        "clip_fraction": clean(float(np.nanmean(clipped))) if clipped.size else None,
-        "median_update_ratio": clean(float(np.median(finite_ratio))) if finite_ratio.size
+        "initial_loss": significant(numerics.start_loss(loss, 1)),
+        "final_loss": significant(numerics.end_loss(loss)),
+        "min_loss": significant(float(np.nanmin(loss))) if np.isfinite(loss).any() else None,
+        "max_grad_norm": significant(float(finite_grad.max())) if finite_grad.size else None,
+        "median_grad_norm": significant(float(np.median(finite_grad))) if finite_grad.size
+        else None,
+        "clip_fraction": significant(float(np.nanmean(clipped))) if clipped.size else None,
+        "median_update_ratio": significant(float(np.median(finite_ratio))) if finite_ratio.size
         else None,
     }
 
 
 def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
     """healthy / unstable / diverged / error / timeout / oom."""
-    if record.outcome in ("error", "timeout", "oom"):
+    if record.outcome in CRASHED:
         return record.outcome
     if record.outcome == "nonfinite" or any(f.code in ("SC101", "SC102") for f in findings):
         return "diverged"

@@ -16,7 +16,7 @@ import numpy as np
 from stabcheck.diagnose.context import Context
 from stabcheck.diagnose.sweep import max_stable_lr
 from stabcheck.findings import CodeInfo, Finding, Severity, make, register
-from stabcheck.records import ProbeRecord
+from stabcheck.records import ProbeRecord, significant
 
 if TYPE_CHECKING:
     from stabcheck.diagnose import ProbeDiagnosis
@@ -118,10 +118,6 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _clean(value: float | None) -> float | None:
-    return float(f"{value:.6g}") if value is not None and math.isfinite(value) else None
-
-
 def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     """SC701 for a probe whose measured sharpness passed its stability limit; SC704."""
     curv = record.curvature or {}
@@ -144,7 +140,7 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
         out.append(make(
             "SC701", f"{record.label}: {detail} at step {step} ({ratio:.2f}x the limit; "
             f"{len(above)} of {len(ratios)} measurements above it)",
-            probes=[record.index], steps=[int(s) for s, _, _ in above], value=_clean(ratio),
+            probes=[record.index], steps=[int(s) for s, _, _ in above], value=significant(ratio),
             threshold=threshold))
     li, lf = _finite(curv.get("lipschitz_init")), _finite(curv.get("lipschitz_final"))
     growth = ctx.thresholds.lipschitz_growth
@@ -152,18 +148,18 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
         out.append(make(
             "SC704", f"{record.label}: Lipschitz bound grew {lf / li:.3g}x "
             f"({li:.3g} → {lf:.3g}) over {record.steps_run} steps",
-            probes=[record.index], value=_clean(lf / li), threshold=growth))
+            probes=[record.index], value=significant(lf / li), threshold=growth))
     return out
 
 
 def _largest(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None]
-    return _clean(max(finite)) if finite else None
+    return significant(max(finite)) if finite else None
 
 
 def _median(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
-    return _clean(float(np.median(finite))) if finite else None
+    return significant(float(np.median(finite))) if finite else None
 
 
 def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
@@ -196,7 +192,7 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
                                                        for e in entries]),
             "observed_max_stable_lr": stable.get(bs),
             "observed_min_diverged_lr": min(diverged) if diverged else None,
-            "max_eos_ratio": _clean(max(finite_ratios)) if finite_ratios else None,
+            "max_eos_ratio": significant(max(finite_ratios)) if finite_ratios else None,
         }
     noise = [s.get("noise_scale") or {} for s in seeds.values()]
     b_simple = _median([_finite(n.get("b_simple")) for n in noise])
@@ -220,7 +216,7 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
                     "SC702", f"target_lr {target:g} is above the LR ceiling {ceiling:.4g} "
                     f"predicted from init sharpness at batch size {size} "
                     f"({target / ceiling:.2f}x)",
-                    value=_clean(target), threshold=_clean(ceiling)))
+                    value=significant(target), threshold=significant(ceiling)))
     if b_simple is not None:
         pair = next((n for n in noise if n.get("b_small")), {})
         below = [bs for bs in sizes if bs < b_simple]

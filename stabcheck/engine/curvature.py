@@ -43,6 +43,7 @@ from torch import nn
 
 from stabcheck.engine.instruments import seed_everything
 from stabcheck.problem import Batch, LossFn, Problem, TensorData
+from stabcheck.records import significant
 
 PROBE_BATCH = 512  # examples in the fixed batch at init (the full dataset when smaller)
 MAX_ITERS = 20  # power-iteration steps per measurement (warm starts usually need far fewer)
@@ -343,12 +344,6 @@ def _operators(hvp: HessianVectorProduct, rule: StabilityRule, precond: Vectors 
     return hvp, pre
 
 
-def _clean(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(f"{value:.6g}")
-
-
 # --------------------------------------------------------------------------- one measurement
 
 
@@ -396,9 +391,9 @@ def measure_curvature(model: nn.Module, loss_fn: LossFn, batch: Batch,
     judged = pre_value if rule.preconditioned else top.value + rule.weight_decay
     limit = rule.limit(lr) if lr is not None else None
     ratio = judged / limit if limit and judged is not None and math.isfinite(judged) else None
-    return {"sharpness": _clean(top.value), "preconditioned": _clean(pre_value),
-            "limit": _clean(limit), "eos_ratio": _clean(ratio), "loss": _clean(loss_value),
-            "hvps": calls}
+    return {"sharpness": significant(top.value), "preconditioned": significant(pre_value),
+            "limit": significant(limit), "eos_ratio": significant(ratio),
+            "loss": significant(loss_value), "hvps": calls}
 
 
 # --------------------------------------------------------------------------- Lipschitz
@@ -473,12 +468,13 @@ def lipschitz_from(names: Sequence[str], sigmas: Sequence[float]) -> dict[str, A
     layers = []
     log_sum = 0.0
     for name, sigma in zip(names, sigmas, strict=True):
-        layers.append({"name": name, "spectral_norm": _clean(sigma)})
+        layers.append({"name": name, "spectral_norm": significant(sigma)})
         log_sum += math.log(sigma) if sigma > 0 and math.isfinite(sigma) else \
             (float("nan") if not math.isfinite(sigma) else float("-inf"))
     log10 = log_sum / math.log(10) if math.isfinite(log_sum) else None
     value = 10 ** log10 if log10 is not None and log10 < 300 else None
-    return {"lipschitz": _clean(value), "log10_lipschitz": _clean(log10), "layers": layers}
+    return {"lipschitz": significant(value), "log10_lipschitz": significant(log10),
+            "layers": layers}
 
 
 # --------------------------------------------------------------------------- noise scale
@@ -519,8 +515,8 @@ def noise_scale(model: nn.Module, loss_fn: LossFn, data: TensorData, b_small: in
     g2 = (b_big * big - b_small * small) / (b_big - b_small)
     trace = (small - big) / (1 / b_small - 1 / b_big)
     b_simple = trace / g2 if g2 > 0 and trace >= 0 else None
-    return {"b_small": b_small, "b_big": b_big, "draws": draws, "grad_sq": _clean(g2),
-            "trace_sigma": _clean(trace), "b_simple": _clean(b_simple)}
+    return {"b_small": b_small, "b_big": b_big, "draws": draws, "grad_sq": significant(g2),
+            "trace_sigma": significant(trace), "b_simple": significant(b_simple)}
 
 
 def noise_pair(batch_sizes: Sequence[int], n: int) -> tuple[int, int] | None:
@@ -589,7 +585,7 @@ def _init_curvature(problem: Problem, seed: int, data: TensorData,
         entry: dict[str, Any] = {"sharpness": full["sharpness"]}
         judged = entry["sharpness"]
         if judged is not None and not rule.preconditioned:
-            entry["predicted_lr_ceiling"] = _clean(rule.ceiling(judged + rule.weight_decay))
+            entry["predicted_lr_ceiling"] = significant(rule.ceiling(judged + rule.weight_decay))
         else:
             entry["predicted_lr_ceiling"] = None
         by_batch[str(bs)] = entry
@@ -600,7 +596,7 @@ def _init_curvature(problem: Problem, seed: int, data: TensorData,
         "probe_batch": int(index.numel()), "full_batch": bool(index.numel() == data.n),
         "sharpness": full["sharpness"],
         "prediction": None if not rule.preconditioned else ADAPTIVE_NOTE,
-        "rule": rule.kind, "limit_constant": _clean(rule.constant), "limit": rule.formula,
+        "rule": rule.kind, "limit_constant": significant(rule.constant), "limit": rule.formula,
         "by_batch_size": by_batch, "noise_scale": noise,
         "lipschitz": lips["lipschitz"], "log10_lipschitz": lips["log10_lipschitz"],
         "spectral_norms": lips["layers"],
@@ -685,7 +681,8 @@ class CurvatureTracker:
         return {"steps": self.steps, "sharpness": self.sharpness,
                 "preconditioned": self.preconditioned, "limit": self.limits,
                 "eos_ratio": self.ratios, "rule": self.rule.kind,
-                "limit_constant": _clean(self.rule.constant), "probe_batch": _batch_len(self.batch),
+                "limit_constant": significant(self.rule.constant),
+                "probe_batch": _batch_len(self.batch),
                 "lipschitz_init": self.lipschitz_init, "lipschitz_final": final,
                 "hvps": self.hvps, "time_s": round(self.time_s, 4), "error": self.error}
 

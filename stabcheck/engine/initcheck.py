@@ -23,6 +23,7 @@ from torch import nn
 
 from stabcheck.engine.instruments import LayerMap, seed_everything
 from stabcheck.problem import Problem, TensorData
+from stabcheck.records import significant
 
 INIT_BATCH = 256  # examples used for the init checks (the whole dataset when smaller)
 
@@ -34,10 +35,6 @@ def init_batch_index(seed: int, n: int, device: torch.device) -> torch.Tensor:
     """The fixed examples the init checks look at: the same for a seed on every run."""
     gen = torch.Generator().manual_seed(10_007 + seed)
     return torch.randperm(n, generator=gen)[: min(n, INIT_BATCH)].to(device)
-
-
-def _finite(value: float) -> float | None:
-    return float(f"{value:.6g}") if math.isfinite(value) else None
 
 
 def _kurtosis(weight: torch.Tensor) -> float:
@@ -86,16 +83,16 @@ def _initial_checks(problem: Problem, seed: int, data: TensorData) -> dict[str, 
                 flat = o.reshape(o.shape[0], -1) if o.dim() > 1 else o.reshape(1, -1)
                 dead = (flat <= 0).all(dim=0).float().mean()
                 activations[name] = {"kind": type(module).__name__,
-                                     "dead_fraction": _finite(float(dead))}
+                                     "dead_fraction": significant(float(dead))}
             elif type(module) in _SATURATING:
                 if isinstance(module, nn.Sigmoid):
                     sat = ((o < 0.01) | (o > 0.99)).float().mean()
                 else:
                     sat = (o.abs() > 0.99).float().mean()
                 activations[name] = {"kind": type(module).__name__,
-                                     "saturated_fraction": _finite(float(sat))}
+                                     "saturated_fraction": significant(float(sat))}
             elif next(module.parameters(recurse=False), None) is not None:
-                outputs[name] = {"output_rms": _finite(float(o.square().mean().sqrt()))}
+                outputs[name] = {"output_rms": significant(float(o.square().mean().sqrt()))}
         handles.append(module.register_forward_hook(hook))
 
     for name, module in model.named_modules():
@@ -122,13 +119,13 @@ def _initial_checks(problem: Problem, seed: int, data: TensorData) -> dict[str, 
         entry: dict[str, Any] = {
             "name": layer, "size": sum(p.numel() for p in params),
             "kind": type(module).__name__ if module is not None else "Parameter",
-            "grad_norm": _finite(math.sqrt(grad_sq)),
-            "weight_kurtosis": _finite(_kurtosis(weights[0])) if weights else None,
+            "grad_norm": significant(math.sqrt(grad_sq)),
+            "weight_kurtosis": significant(_kurtosis(weights[0])) if weights else None,
         }
         entry.update(outputs.get(layer, {}))
         layers.append(entry)
     return {
-        "initial_loss": _finite(float(loss.detach())),
+        "initial_loss": significant(float(loss.detach())),
         "num_classes": problem.num_classes,
         "loss": problem.loss_name,
         "batch": int(min(data.n, INIT_BATCH)),

@@ -16,13 +16,12 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from stabcheck.records import CRASHED
+
 if TYPE_CHECKING:
     from stabcheck.diagnose import ProbeDiagnosis
     from stabcheck.findings import Finding
     from stabcheck.result import AuditResult
-
-_CRASHED = ("error", "timeout", "oom")
-
 
 def _text(f: Finding) -> str:
     out = f"{f.code} {f.title}: {f.message}" + (f" ({f.evidence})" if f.evidence else "")
@@ -41,7 +40,7 @@ def _probe_case(suite: ET.Element, classname: str, p: ProbeDiagnosis,
     case = ET.SubElement(suite, "testcase", classname=classname, name=r.label,
                          time=f"{r.wall_time_s:.3f}")
     failures = errors = 0
-    if r.outcome in _CRASHED:
+    if r.outcome in CRASHED:
         err = r.error or {}
         message = f"{r.outcome}: {err.get('type', '')}: {err.get('message', '')}".strip(": ")
         if err.get("where"):
@@ -51,7 +50,7 @@ def _probe_case(suite: ET.Element, classname: str, p: ProbeDiagnosis,
         errors += 1
     findings = p.findings + extra
     for f in findings:
-        if f.severity.value == "error" and not (r.outcome in _CRASHED and f.code.startswith("SC8")):
+        if f.severity.value == "error" and not (r.outcome in CRASHED and f.code.startswith("SC8")):
             _failure(case, f)
             failures += 1
     notes = [_text(f) for f in findings if f.severity.value != "error"]

@@ -13,7 +13,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from stabcheck.records import ProbeRecord
+from stabcheck.records import CRASHED, ProbeRecord
 
 
 def _outcome(record: ProbeRecord) -> str:
@@ -21,7 +21,7 @@ def _outcome(record: ProbeRecord) -> str:
     final = f", final loss {loss[-1]:.4g}" if loss else ""
     if record.outcome == "nonfinite":
         return f"non-finite {record.nonfinite_what} at step {record.first_nonfinite_step}"
-    if record.outcome in ("error", "timeout", "oom"):
+    if record.outcome in CRASHED:
         err = record.error or {}
         return f"{record.outcome}: {err.get('type', '')} {err.get('message', '')}".strip()
     return f"completed {record.steps_run} steps{final}"
