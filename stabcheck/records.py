@@ -8,9 +8,12 @@ diverged, …) is a diagnosis of those measurements and is computed downstream.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stabcheck.plan import ProbeSpec
 
 # What the engine says happened to a probe (its *status* is a diagnosis, made downstream).
 OUTCOMES = ("completed", "nonfinite", "error", "timeout", "oom")
@@ -50,6 +53,15 @@ class ProbeRecord:
     error: dict[str, Any] | None = None
     curvature: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_probe(cls, spec: ProbeSpec, key: str, steps_planned: int, engine: str,
+                  **fields: Any) -> ProbeRecord:
+        """The record of grid point ``spec`` before it has run: ``completed`` with no step
+        yet, unless ``fields`` say otherwise."""
+        fields.setdefault("outcome", "completed")
+        return cls(lr=spec.lr, seed=spec.seed, batch_size=spec.batch_size, index=spec.index,
+                   key=key, steps_planned=steps_planned, steps_run=0, engine=engine, **fields)
 
     @property
     def label(self) -> str:

@@ -34,14 +34,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from stabcheck.engine.instruments import seed_everything
+from stabcheck.engine.instruments import rng_preserved, seed_everything
 from stabcheck.problem import Batch, LossFn, Problem, TensorData
 from stabcheck.records import significant
 
@@ -71,12 +71,9 @@ def preserved(model: nn.Module) -> Iterator[None]:
     Also picks autograd-friendly kernels: double backward needs the math attention kernel
     (flash/efficient SDPA kernels have no second derivative) and no cuDNN RNN.
     """
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() \
-        and torch.cuda.is_initialized() else None
     buffers = [b.detach().clone() for b in model.buffers()]
     try:
-        with contextlib.ExitStack() as stack:
+        with rng_preserved(), contextlib.ExitStack() as stack:
             with contextlib.suppress(Exception):
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -87,9 +84,6 @@ def preserved(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buf, saved in zip(model.buffers(), buffers, strict=False):
                 buf.copy_(saved)
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -449,17 +443,8 @@ def lipschitz_bound(model: nn.Module) -> dict[str, Any]:
     Computed in log space (a deep net's product overflows float quickly). Conv kernels count
     as ``[out, in*k*k]`` matrices — a heuristic, not the exact conv operator norm.
     """
-    return lipschitz_of((n, p) for n, p in model.named_parameters() if p.requires_grad)
-
-
-def lipschitz_of(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, Any]:
-    """:func:`lipschitz_bound` of named weight tensors."""
-    names, sigmas = [], []
-    for name, p in named:
-        if p.dim() >= 2:
-            names.append(name)
-            sigmas.append(spectral_norm(p))
-    return lipschitz_from(names, sigmas)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    return lipschitz_from([n for n, _ in named], [spectral_norm(p) for _, p in named])
 
 
 def lipschitz_from(names: Sequence[str], sigmas: Sequence[float]) -> dict[str, Any]:
@@ -633,7 +618,7 @@ class CurvatureTracker:
         self.hvps = 0
         self.time_s = 0.0
         self.error: dict[str, Any] | None = None
-        self.lipschitz_init = _safe_lipschitz(model)
+        self.lipschitz_init = safe_lipschitz(model)
 
     def measure(self, step: int, lr: float, model: nn.Module | None = None,
                 optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -675,7 +660,7 @@ class CurvatureTracker:
         sharpness tracking is off (``tracked=False``). The final Lipschitz bound is that of
         ``model`` when given, else of the tracked model."""
         model = model or self.model
-        final = _safe_lipschitz(model) if model is not None else None
+        final = safe_lipschitz(model) if model is not None else None
         if not tracked:
             return {"lipschitz_init": self.lipschitz_init, "lipschitz_final": final}
         return {"steps": self.steps, "sharpness": self.sharpness,
@@ -698,14 +683,10 @@ def drop_after(curvature: dict[str, Any] | None, last_step: int | None) -> None:
         curvature[name] = [curvature[name][i] for i in keep]
 
 
-def _safe_lipschitz(model: nn.Module) -> float | None:
-    return safe_lipschitz((n, p) for n, p in model.named_parameters() if p.requires_grad)
-
-
-def safe_lipschitz(named: Iterable[tuple[str, torch.Tensor]]) -> float | None:
-    """The Lipschitz bound, or ``None`` where it cannot be computed."""
+def safe_lipschitz(model: nn.Module) -> float | None:
+    """The Lipschitz bound of ``model``, or ``None`` where it cannot be computed."""
     try:
-        return lipschitz_of(named)["lipschitz"]
+        return lipschitz_bound(model)["lipschitz"]
     except Exception:  # an exotic parameter layout must never fail the probe
         return None
 

@@ -7,8 +7,9 @@ every ``flush_every`` steps, so the hot loop never waits for the device.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Python, NumPy and torch RNG states (the CPU's and every initialised CUDA device's)
+    restored on exit: a measurement, or rebuilding a probe (which re-seeds), inside it leaves
+    the training's random stream where it was."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() \
+        and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
 
 
 def batch_order(seed: int, n_samples: int, batch_size: int, steps: int) -> torch.Tensor:

@@ -215,9 +215,7 @@ def run_probe(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: 
 
     data = data if data is not None else problem.data.to(problem.device)
     started = time.perf_counter()
-    record = ProbeRecord(lr=spec.lr, seed=spec.seed, batch_size=spec.batch_size,
-                         index=spec.index, key=key, outcome="completed",
-                         steps_planned=settings.steps, steps_run=0, engine="sequential")
+    record = ProbeRecord.for_probe(spec, key, settings.steps, "sequential")
     probe: SequentialProbe | None = None
     tracker: CurvatureTracker | None = None
     done = 0  # steps finished so far; on an exception, these are kept

@@ -38,14 +38,12 @@ was as fast as or faster than ``vmap(grad)`` on every grid tried, so it is the d
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import inspect
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +60,7 @@ from stabcheck.engine.instruments import (
     StatBuffer,
     batch_order,
     first_nonfinite,
+    rng_preserved,
     seed_everything,
     warmup_factors,
 )
@@ -896,20 +895,6 @@ class VectorizedEngine:
             on_record(record)
 
 
-@contextlib.contextmanager
-def _rng_preserved(device: torch.device) -> Iterator[None]:
-    """Python, NumPy and torch RNG states restored on exit: unstacking a member re-seeds
-    them, and the cohort's own randomness (dropout under ``vmap``) must not notice."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
 class _CohortCurvature:
     """Sharpness tracking (``probe.curvature_every``) for the members of a stacked cohort.
 
@@ -932,7 +917,7 @@ class _CohortCurvature:
         run = self.run
         settings = run.settings
         snap = run.snapshot()
-        with _rng_preserved(run.device):
+        with rng_preserved():
             for member in run.members:
                 probe = run.sequential_probe(snap, member)
                 tracker = self.trackers.get(member)
@@ -964,10 +949,8 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
     started = time.perf_counter()
     run = _CohortRun(problem, probes, settings, data, grad_mode, compile_step)
     names = list(run.layout.layers.names)
-    records = [ProbeRecord(lr=s.lr, seed=s.seed, batch_size=s.batch_size, index=s.index,
-                           key=keys[s.index], outcome="completed",
-                           steps_planned=settings.steps, steps_run=0, engine="vectorized",
-                           layer_names=list(names)) for s in probes]
+    records = [ProbeRecord.for_probe(s, keys[s.index], settings.steps, "vectorized",
+                                     layer_names=list(names)) for s in probes]
     for record, bound in zip(records, run.lipschitz(), strict=True):
         record.curvature = {"lipschitz_init": bound, "lipschitz_final": None}
     curvature = _CohortCurvature(run, settings.curvature_every) \
@@ -1070,8 +1053,7 @@ def _finish_sequentially(probe: SequentialProbe, record: ProbeRecord, head: tupl
     if record.curvature is not None:
         from stabcheck.engine.curvature import drop_after, safe_lipschitz
 
-        record.curvature["lipschitz_final"] = safe_lipschitz(
-            (n, p) for n, p in probe.model.named_parameters() if p.requires_grad)
+        record.curvature["lipschitz_final"] = safe_lipschitz(probe.model)
         drop_after(record.curvature, record.first_nonfinite_step)
     record.notes.append(f"steps {start}-{done - 1} replayed with the sequential engine after "
                         "non-finite statistics")

@@ -243,11 +243,9 @@ class ProcessExecutor:
 def _lost_record(job: Job, spec: ProbeSpec, outcome: str, elapsed: float, message: str,
                  kind: str = "Timeout") -> ProbeRecord:
     """The record of a probe whose worker was lost: no trace survives, only what happened."""
-    return ProbeRecord(lr=spec.lr, seed=spec.seed, batch_size=spec.batch_size,
-                       index=spec.index, key=job.keys[spec.index], outcome=outcome,
-                       steps_planned=job.settings.steps, steps_run=0, engine=job.engine,
-                       error={"type": kind, "message": message, "where": None},
-                       wall_time_s=elapsed)
+    return ProbeRecord.for_probe(spec, job.keys[spec.index], job.settings.steps, job.engine,
+                                 outcome=outcome, wall_time_s=elapsed,
+                                 error={"type": kind, "message": message, "where": None})
 
 
 def _describe_exit(code: int | None) -> str:
