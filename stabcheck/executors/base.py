@@ -20,7 +20,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -71,13 +70,10 @@ class Executor(Protocol):
 class Interrupts:
     """SIGINT handling for one audit (see the module docstring)."""
 
-    def __init__(self, grace_s: float = DEFAULT_GRACE_S,
-                 on_first: Callable[[], None] | None = None) -> None:
+    def __init__(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         self.grace_s = grace_s
         self.stop_requested = False
         self.forced = False
-        self.stop_time: float | None = None
-        self._on_first = on_first
         self._critical = 0
         self._pending = False
         self._timer: threading.Timer | None = None
@@ -97,8 +93,7 @@ class Interrupts:
             yield self
         finally:
             self._installed = False
-            if self._timer is not None:
-                self._timer.cancel()
+            self.settle()
             signal.signal(signal.SIGINT, self._previous)
 
     def settle(self) -> None:
@@ -113,11 +108,8 @@ class Interrupts:
             return  # already stopping as fast as it can; let the partial report be written
         if not self.stop_requested:
             self.stop_requested = True
-            self.stop_time = time.monotonic()
             _say(f"\nstabcheck: interrupted; finishing the running probe (up to "
                  f"{self.grace_s:g}s), then writing a partial report. Ctrl-C again to stop now.")
-            if self._on_first is not None:
-                self._on_first()
             self._timer = threading.Timer(self.grace_s, self._grace_over)
             self._timer.daemon = True
             self._timer.start()
@@ -138,11 +130,6 @@ class Interrupts:
             self._pending = True
             return
         raise KeyboardInterrupt
-
-    def request_stop(self) -> None:
-        """Stop scheduling as a first Ctrl-C would (without the grace timer)."""
-        self.stop_requested = True
-        self.stop_time = self.stop_time or time.monotonic()
 
     @contextlib.contextmanager
     def critical(self) -> Iterator[None]:
