@@ -383,11 +383,16 @@ def init(path: Path, force: bool) -> int:
 
 @cli.command()
 @click.argument("code", required=False)
-def explain(code: str | None) -> int:
+@click.option("--markdown", "page", type=click.Choice(["findings", "thresholds"]),
+              help="Print the docs/findings.md or docs/thresholds.md reference page instead.")
+def explain(code: str | None, page: str | None) -> int:
     """Explain a finding CODE (e.g. SC101), or list every code."""
-    from stabcheck.explain import describe_code, list_codes
+    from stabcheck.explain import MARKDOWN_PAGES, describe_code, list_codes
 
-    click.echo(describe_code(code) if code else list_codes())
+    if page and code:
+        raise ConfigError("give a finding CODE or --markdown PAGE, not both")
+    text = MARKDOWN_PAGES[page]() if page else describe_code(code) if code else list_codes()
+    click.echo(text, nl=not page)  # a page ends with its own newline
     return 0
 
 

@@ -191,7 +191,7 @@ class ProbeSection(_Strict):
 
 
 class AuditConfig(_Strict):
-    """The whole config file. See the README for a commented example."""
+    """The whole config file. docs/config.md has a commented example."""
 
     name: str = "audit"
     model: ModelSection

@@ -1,7 +1,7 @@
 """Exceptions that carry the exit code the CLI must return.
 
 The CLI turns each of these into one line on stderr and its exit code; anything else that
-escapes is an internal error (exit 3). See the exit-code table in the README.
+escapes is an internal error (exit 3). See the exit-code table in docs/cli.md.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class AuditResult:
         return self.verdict.exit_code
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON report (see docs in the README, 'JSON report')."""
+        """The JSON report (documented in docs/json-report.md)."""
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "stabcheck", "version": __version__},

@@ -202,6 +202,11 @@ def test_explain(runner: CliRunner) -> None:
     assert invoke(runner, "explain", "non-finite").exit_code == 0
     unknown = invoke(runner, "explain", "SC1O1")
     assert unknown.exit_code == 2 and "did you mean 'SC101'" in unknown.stderr
+    page = invoke(runner, "explain", "--markdown", "thresholds")
+    assert page.exit_code == 0 and "| <a id=\"spike_sigma\"></a>`spike_sigma` |" in page.stdout
+    both = invoke(runner, "explain", "SC101", "--markdown", "findings")
+    assert both.exit_code == 2 and "not both" in both.stderr
+    assert invoke(runner, "explain", "--markdown", "everything").exit_code == 2
 
 
 def test_report_rerenders_from_results_dir(runner: CliRunner, write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""The JSON report: the stable machine surface (``schema_version`` 1, see the README)."""
+"""The JSON report: the stable machine surface (``schema_version`` 1, see docs/json-report.md)."""
 
 from __future__ import annotations
 
