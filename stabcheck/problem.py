@@ -254,6 +254,11 @@ def _optimizer_factory(loaded: LoadedConfig
     except ValueError:
         pass
     kwargs = dict(spec.kwargs)
+    lr = min(loaded.config.sweep.lr_values())
+    try:  # options torch rejects (momentum -1, betas > 1) fail here, not in every probe
+        cls([torch.zeros(1, requires_grad=True)], lr=lr, **kwargs)  # type: ignore[call-arg]
+    except Exception as exc:
+        raise loaded.error_at(("optimizer", "kwargs"), f"{spec.name}: {exc}") from None
 
     def make(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return cls(params, lr=lr, **kwargs)  # type: ignore[call-arg]
