@@ -178,12 +178,12 @@ class ProbeSection(_Strict):
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warmup")
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    flush_every: int = Field(50, gt=0, description="statistics are copied from the device every "
-                             "this many steps (no host sync in between)")
-    timeout_s: float | None = Field(None, gt=0, description="a probe that runs longer is "
-                                    "stopped and marked 'timeout'")
-    curvature_every: int | None = Field(None, gt=0, description="measure sharpness every this "
-                                        "many steps; null = off")
+    flush_every: int = Field(50, gt=0, le=1_000_000, description="statistics are copied from "
+                             "the device every this many steps (no host sync in between)")
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="a probe that runs "
+                                    "longer is stopped and marked 'timeout'")
+    curvature_every: int | None = Field(None, gt=0, le=1_000_000, description="measure "
+                                        "sharpness every this many steps; null = off")
     curvature_batch: int | None = Field(None, gt=0, description="examples in the fixed batch "
                                         "the sharpness is measured on (the whole dataset when "
                                         "smaller); null = the probe's own batch size during "

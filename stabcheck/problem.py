@@ -256,7 +256,11 @@ def _optimizer_factory(loaded: LoadedConfig
     kwargs = dict(spec.kwargs)
     lr = min(loaded.config.sweep.lr_values())
     try:  # options torch rejects (momentum -1, betas > 1) fail here, not in every probe
-        cls([torch.zeros(1, requires_grad=True)], lr=lr, **kwargs)  # type: ignore[call-arg]
+        dummy = torch.zeros(1, requires_grad=True)
+        trial = cls([dummy], lr=lr, **kwargs)  # type: ignore[call-arg]
+        dummy.grad = torch.ones(1)
+        trial.step()
+        trial.step()  # the second step uses the state the first made (momentum buffers)
     except Exception as exc:
         raise loaded.error_at(("optimizer", "kwargs"), f"{spec.name}: {exc}") from None
 
