@@ -6,6 +6,7 @@ directory, the journal, progress). It knows nothing about terminals or output fo
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from stabcheck.engine.vectorized import select_engine
 from stabcheck.errors import AuditNotCarriedOut, ConfigError, user_code_exits, writing
 from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
 from stabcheck.journal import (
+    LOCK_NAME,
     REPORT_NAME,
     VERDICT_KEYS,
     Journal,
@@ -107,17 +109,27 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     started = time.perf_counter()
     probes = plan_probes(cfg)
     check_sweep_size(len(probes), cfg.probe.steps, options.large_sweep)
-    with user_code_exits("building the model, data or loss"):
-        problem = build_problem(loaded)  # imports user code, after the schema validated
-    setup_s = time.perf_counter() - started
-    digest = config_digest(cfg)
     out_dir = options.out_dir or default_out_dir(cfg.name)
-    header: dict[str, Any] = {
-        "config_digest": digest, "config": cfg.model_dump(mode="json"),
-        "config_path": str(loaded.path), "planned": len(probes),
-        "environment": environment(str(problem.device)),
-    }
+    created = not out_dir.exists()
+    # The lock comes first: a second audit on a busy directory is refused before it runs any
+    # user code (which may itself be slow or hang).
     with lock_directory(out_dir):
+        try:
+            with user_code_exits("building the model, data or loss"):
+                problem = build_problem(loaded)  # imports user code, after the schema validated
+        except BaseException:
+            if created:  # leave no empty results directory behind a config error
+                (out_dir / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
+            raise
+        setup_s = time.perf_counter() - started
+        digest = config_digest(cfg)
+        header: dict[str, Any] = {
+            "config_digest": digest, "config": cfg.model_dump(mode="json"),
+            "config_path": str(loaded.path), "planned": len(probes),
+            "environment": environment(str(problem.device)),
+        }
         if options.resume:
             journal, contents = Journal.resume(out_dir, digest)
             _current_verdict_settings(journal, contents, header["config"], options.progress)
