@@ -6,6 +6,7 @@ directory, the journal, progress). It knows nothing about terminals or output fo
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,14 +20,28 @@ from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.initcheck import initial_checks
 from stabcheck.engine.sequential import free_memory
 from stabcheck.engine.vectorized import select_engine
+from stabcheck.errors import AuditNotCarriedOut, ConfigError, user_code_exits, writing
 from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
-from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
+from stabcheck.journal import (
+    LOCK_NAME,
+    REPORT_NAME,
+    VERDICT_KEYS,
+    Journal,
+    JournalContents,
+    lock_directory,
+    read_journal,
+)
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
 from stabcheck.records import ProbeRecord
+from stabcheck.report.json_report import write_atomic
 from stabcheck.result import AuditResult, build_result, environment
 
 DEFAULT_RESULTS_ROOT = Path("stabcheck-results")
+# Above this many probes an audit needs ``large_sweep`` (``--large-sweep``): a sweep that size
+# is far more often a typo (a range with num: 1000 times 20 seeds) than a plan.
+MAX_PROBES = 10_000
+_MAX_DIR_NAME = 80  # characters of the config's name kept in a default results directory
 
 
 class Progress(Protocol):
@@ -70,11 +85,12 @@ class AuditOptions:
     engine: Engine | str | None = None
     executor: str | Executor = "auto"  # auto | local | process, or an executor object
     grace_s: float = DEFAULT_GRACE_S  # after a first Ctrl-C, how long running probes may finish
+    large_sweep: bool = False  # allow more than MAX_PROBES probes
 
 
 def default_out_dir(name: str) -> Path:
     """``stabcheck-results/<name>-<YYYYmmdd-HHMMSS>``: a new directory per run."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "audit"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:_MAX_DIR_NAME].strip("-.") or "audit"
     return DEFAULT_RESULTS_ROOT / f"{safe}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -85,28 +101,83 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     A first Ctrl-C (SIGINT) stops scheduling and lets the running probes finish for
     ``options.grace_s`` seconds; a second one, or the end of the grace period, stops at once.
     Either way the probes already journaled are kept and the result is marked incomplete
-    (exit 130).
+    (exit 130). The results directory is locked for the whole run: a second audit (or a
+    ``--resume``) on it while this one runs is refused.
     """
     options = options or AuditOptions()
     cfg = loaded.config
     started = time.perf_counter()
-    problem = build_problem(loaded)  # imports user code, after the schema validated
-    setup_s = time.perf_counter() - started
     probes = plan_probes(cfg)
-    digest = config_digest(cfg)
+    check_sweep_size(len(probes), cfg.probe.steps, options.large_sweep)
     out_dir = options.out_dir or default_out_dir(cfg.name)
-    header: dict[str, Any] = {
-        "config_digest": digest, "config": cfg.model_dump(mode="json"),
-        "config_path": str(loaded.path), "planned": len(probes),
-        "environment": environment(str(problem.device)),
-    }
-    if options.resume:
-        journal, contents = Journal.resume(out_dir, digest)
-        done = set(contents.probes)
-    else:
-        journal = Journal.create(out_dir, header, overwrite=options.overwrite)
-        contents = JournalContents(header=header)
-        done = set()
+    created = not out_dir.exists()
+    # The lock comes first: a second audit on a busy directory is refused before it runs any
+    # user code (which may itself be slow or hang).
+    with lock_directory(out_dir):
+        try:
+            with user_code_exits("building the model, data or loss"):
+                problem = build_problem(loaded)  # imports user code, after the schema validated
+        except BaseException:
+            if created:  # leave no empty results directory behind a config error
+                (out_dir / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
+            raise
+        setup_s = time.perf_counter() - started
+        digest = config_digest(cfg)
+        header: dict[str, Any] = {
+            "config_digest": digest, "config": cfg.model_dump(mode="json"),
+            "config_path": str(loaded.path), "planned": len(probes),
+            "environment": environment(str(problem.device)),
+        }
+        if options.resume:
+            journal, contents = Journal.resume(out_dir, digest)
+            _current_verdict_settings(journal, contents, header["config"], options.progress)
+            done = set(contents.probes)
+        else:
+            journal = Journal.create(out_dir, header, overwrite=options.overwrite)
+            contents = JournalContents(header=header)
+            done = set()
+        result = _execute(loaded, options, problem, probes, digest, journal, contents, done,
+                          setup_s, started)
+    return result, out_dir
+
+
+def check_sweep_size(n: int, steps: int, allowed: bool) -> None:
+    """Refuse a sweep over :data:`MAX_PROBES` probes unless ``allowed`` (``--large-sweep``)."""
+    if n > MAX_PROBES and not allowed:
+        raise ConfigError(f"the sweep has {n:,} probes ({n * steps:,} training steps in all), "
+                          f"over the limit of {MAX_PROBES:,}: shrink sweep.learning_rates, "
+                          "sweep.seeds or sweep.batch_sizes, or pass --large-sweep to run it")
+
+
+def _current_verdict_settings(journal: Journal, contents: JournalContents,
+                              config: dict[str, Any], progress: Progress) -> None:
+    """On ``--resume``, the verdict settings are the current config's, never the journal's.
+
+    ``fail_on``, ``thresholds``, ``target_lr``, ``target_batch_size`` and ``name`` change no
+    probe (they are outside the config digest), so the journaled probes are reused and the
+    verdict is recomputed under the current values; a ``settings`` line records them so that
+    ``report`` and ``compare`` later judge the same way.
+    """
+    old = contents.header.get("config", {})
+    now = {key: config.get(key) for key in VERDICT_KEYS}
+    changed = [key for key in VERDICT_KEYS if old.get(key) != now[key]]
+    if not changed:
+        return
+    journal.append_settings(now)
+    message = (f"resumed with changed verdict settings ({', '.join(changed)}): the verdict "
+               "uses the current config's")
+    journal.append_event({"event": "settings", "message": message})
+    contents.header.setdefault("config", {}).update(now)
+    progress.note(message)
+
+
+def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: list[Any],
+             digest: str, journal: Journal, contents: JournalContents, done: set[str],
+             setup_s: float, started: float) -> AuditResult:
+    cfg = loaded.config
+    out_dir = journal.directory
     todo = [p for p in probes if p.key(digest) not in done]
     keys = {p.index: p.key(digest) for p in probes}
     engine = options.engine
@@ -116,6 +187,10 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     progress = options.progress
     control = Interrupts(grace_s=options.grace_s)
     interrupted = False
+    escaped: BaseException | None = None  # SystemExit (or another BaseException) from user code
+    if len(probes) > MAX_PROBES:
+        progress.note(f"large sweep: {len(probes):,} probes x {settings.steps} steps = "
+                      f"{len(probes) * settings.steps:,} training steps")
     progress.start(len(probes), len(probes) - len(todo), settings.steps)
     with control.installed():
         try:
@@ -164,17 +239,34 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
             interrupted = control.stop_requested and len(done) < len(probes)
         except KeyboardInterrupt:
             interrupted = True
+        except Exception:
+            raise
+        except BaseException as exc:  # user code's sys.exit() is never a pass
+            escaped = exc
         finally:
             control.settle()  # from here on Ctrl-C no longer cuts the report short
             progress.stop()
-        if interrupted:
+        if interrupted or escaped is not None:
+            message = ("interrupted by the user; the report is INCOMPLETE" if escaped is None
+                       else f"user code raised {_describe_exit(escaped)} during the probes; "
+                       "the report is INCOMPLETE")
             with control.critical():
-                journal.append_event({"event": "interrupted", "message": "interrupted by the "
-                                      "user; the report is INCOMPLETE"})
+                journal.append_event({"event": "interrupted", "message": message})
         result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
                         exit_zero=options.exit_zero, fail_on=options.fail_on,
                         wall_time_s=time.perf_counter() - started)
-    return result, out_dir
+    if escaped is not None:
+        raise AuditNotCarriedOut(f"user code raised {_describe_exit(escaped)} during the "
+                                 f"probes: the audit was not carried out ({len(done)} of "
+                                 f"{len(probes)} probes journaled; partial report in "
+                                 f"{out_dir / REPORT_NAME})")
+    return result
+
+
+def _describe_exit(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) (sys.exit)"
+    return type(exc).__name__
 
 
 def predict_only(loaded: LoadedConfig) -> dict[str, Any]:
@@ -185,7 +277,8 @@ def predict_only(loaded: LoadedConfig) -> dict[str, Any]:
     """
     cfg = loaded.config
     started = time.perf_counter()
-    problem = build_problem(loaded)
+    with user_code_exits("building the model, data or loss"):
+        problem = build_problem(loaded)
     data = problem.data.to(problem.device)
     seeds = {str(seed): init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
                                        cfg.probe.curvature_batch or PROBE_BATCH)
@@ -212,7 +305,8 @@ def finish(out_dir: Path, contents: JournalContents, interrupted: bool = False,
     timings = {"wall_time_s": round(wall_time_s, 3)} if wall_time_s is not None else {}
     result = build_result(contents, interrupted=interrupted, exit_zero=exit_zero,
                           fail_on=fail_on, timings=timings)
-    (out_dir / REPORT_NAME).write_text(render(result, "json"), encoding="utf-8")
+    with writing(out_dir / REPORT_NAME):
+        write_atomic(out_dir / REPORT_NAME, render(result, "json"))
     return result
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from stabcheck import __version__
+from stabcheck.cli_checks import check_outputs, finite
 from stabcheck.errors import (
     EXIT_INTERRUPTED,
     EXIT_NOT_CARRIED_OUT,
@@ -25,6 +26,7 @@ from stabcheck.errors import (
     ConfigError,
     StabcheckError,
     UserCodeError,
+    user_code_exits,
     writing,
 )
 
@@ -126,6 +128,10 @@ class StabcheckGroup(click.Group):
             for line in str(exc).splitlines() or [type(exc).__name__]:
                 click.echo(f"error: {line}", err=True)
             code = exc.exit_code
+        except SystemExit as exc:  # user code's sys.exit(): never a pass (exit 0) for CI
+            click.echo(f"error: user code called sys.exit({exc.code!r}); the command was not "
+                       "carried out", err=True)
+            code = EXIT_NOT_CARRIED_OUT
         except Exception as exc:  # a bug in stabcheck, not a user mistake
             click.echo(f"internal error: {type(exc).__name__}: {exc} (set STABCHECK_DEBUG=1 for "
                        "the traceback, and please report it)", err=True)
@@ -195,9 +201,10 @@ def cli() -> None:
               show_default=True, help="Where probes run: in this process, or in a worker "
               "process that a hung or crashed probe cannot take down (auto: process when "
               "probe.timeout_s is set or on CUDA).")
-@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=5.0,
-              show_default=True, help="After a first Ctrl-C, seconds the running probes may "
-              "take to finish before the partial report is written.")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0, max=86400), default=5.0,
+              show_default=True, callback=finite, help="After a first Ctrl-C, seconds the "
+              "running probes may take to finish before the partial report is written.")
+@click.option("--large-sweep", is_flag=True, help="Allow a sweep of more than 10,000 probes.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the verdict line on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
 @click.option("--predict-only", is_flag=True, help="Only measure curvature at init and print "
@@ -207,7 +214,8 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
           png_dir: Path | None, isolated: bool, fail_on: str | None, exit_zero: bool,
           device: str | None, steps: int | None, lr: list[float] | None,
           seeds: list[int] | None, batch_size: list[int] | None, engine: str, executor: str,
-          grace_s: float, quiet: bool, verbose: bool, predict_only: bool = False) -> int:
+          grace_s: float, large_sweep: bool, quiet: bool, verbose: bool,
+          predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
@@ -228,7 +236,8 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
         out_dir = Path(resume_dir)
     if resume and out_dir is None:
         raise click.UsageError("--resume needs the results directory: --resume DIR")
-    if png_dir is not None:  # before the audit, not after it has run
+    check_outputs(outputs, traces, out_dir)  # before the audit, not after it has run
+    if png_dir is not None:
         from stabcheck.report.png import figure_class
 
         figure_class()
@@ -250,7 +259,8 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
                            exit_zero=exit_zero, fail_on=fail_on, progress=progress,
-                           engine=engine, executor=executor, grace_s=grace_s)
+                           engine=engine, executor=executor, grace_s=grace_s,
+                           large_sweep=large_sweep)
     result, results_dir = run_audit(loaded, options)
     _emit(result, fmt, outputs, traces, console, quiet, png_dir)
     if not quiet:
@@ -321,9 +331,11 @@ def _emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], 
 
 
 def _write(path: Path, text: str) -> None:
+    from stabcheck.report.json_report import write_atomic
+
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, text)
 
 
 def _append_step_summary(result: Any, path: Path) -> None:
@@ -357,7 +369,8 @@ def validate(config: Path, isolated: bool) -> int:
     defaults, pyproject = project_defaults(config, isolated)
     loaded = load_config(config, defaults=defaults)
     try:
-        problem = build_problem(loaded)
+        with user_code_exits("building the model, data or loss"):
+            problem = build_problem(loaded)
     except UserCodeError as exc:  # validate's contract is 0 or 2
         raise ConfigError(f"{config}: {exc}") from None
     n = len(plan_probes(loaded.config))
@@ -410,6 +423,7 @@ def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, 
     from stabcheck.journal import read_journal
     from stabcheck.result import build_result
 
+    check_outputs(outputs, traces, results_dir)
     result = build_result(read_journal(results_dir), exit_zero=exit_zero, fail_on=fail_on)
     _emit(result, fmt, outputs, traces, _stderr_console(), quiet, png_dir)
     return result.exit_code
@@ -419,10 +433,11 @@ def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, 
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--lr-drop-tolerance", type=click.FloatRange(0, 1), default=0.0,
-              show_default=True, help="Relative drop of a max stable LR that is tolerated.")
-@click.option("--lr-sensitivity-tolerance", type=click.FloatRange(min=0), default=0.05,
-              show_default=True, help="Rise of the normalised LR sensitivity that is "
+              show_default=True, callback=finite, help="Relative drop of a max stable LR that is "
               "tolerated.")
+@click.option("--lr-sensitivity-tolerance", type=click.FloatRange(min=0), default=0.05,
+              show_default=True, callback=finite, help="Rise of the normalised LR sensitivity "
+              "that is tolerated.")
 def compare(baseline: Path, new: Path, lr_drop_tolerance: float,
             lr_sensitivity_tolerance: float) -> int:
     """Fail (exit 1) when NEW regressed against BASELINE.

@@ -76,14 +76,76 @@ def load_report(path: Path) -> dict[str, Any]:
             return build_result(read_journal(path)).to_json()
         path = report
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such report or results directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a stabcheck JSON report (not UTF-8)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a stabcheck JSON report (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, and integers too long to convert
         raise ConfigError(f"{path}: not a stabcheck JSON report ({exc})") from None
     if not isinstance(data, dict) or data.get("schema_version") != 1 or "summary" not in data:
         raise ConfigError(f"{path}: not a stabcheck JSON report with schema_version 1")
+    problem = _shape_problem(data)
+    if problem:
+        raise ConfigError(f"{path}: malformed stabcheck JSON report: {problem}")
     return data
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _shape_problem(data: dict[str, Any]) -> str | None:
+    """What in a report's shape ``compare`` cannot use, or ``None``."""
+    summary = data["summary"]
+    if not isinstance(summary, dict):
+        return "summary is not a mapping"
+    for name in ("max_stable_lr", "lr_sensitivity"):
+        value = summary.get(name) or {}
+        if not isinstance(value, dict):
+            return f"summary.{name} is not a mapping"
+        for bs, item in value.items():
+            if not bs.isdigit():
+                return f"summary.{name} has a key {bs[:40]!r} that is not a batch size"
+            inner = item.get("normalised") if isinstance(item, dict) else item
+            if (name == "lr_sensitivity" and not isinstance(item, dict)) or \
+                    not _number_or_none(inner):
+                return f"summary.{name}[{bs}] is not a number"
+    probes, findings = data.get("probes", []), data.get("findings", [])
+    if not isinstance(probes, list) or not isinstance(findings, list):
+        return "probes and findings must be lists"
+    for i, p in enumerate(probes):
+        if not (isinstance(p, dict) and isinstance(p.get("batch_size"), int)
+                and _number_or_none(p.get("lr")) and p.get("lr") is not None
+                and isinstance(p.get("status"), str)
+                and isinstance(p.get("index", 0), int)):
+            return f"probes[{i}] lacks a batch_size, lr, status or index of the right type"
+    for i, f in enumerate(findings):
+        if not (isinstance(f, dict) and isinstance(f.get("code"), str)
+                and isinstance(f.get("probes", []), list)
+                and all(isinstance(i, int) for i in f.get("probes", []))):
+            return f"findings[{i}] lacks a code or its probes list"
+    for name in ("config", "complete"):
+        if name in data and not isinstance(data[name], dict | bool):
+            return f"{name} has the wrong type"
+    return None
+
+
+def incomplete_reason(report: dict[str, Any]) -> str | None:
+    """Why a report cannot stand for its sweep (an interrupted, killed, not-carried-out or
+    empty audit), or ``None`` when it is complete."""
+    probes = report.get("probes", [])
+    if not probes:
+        return "it has no probe"
+    if report.get("complete") is False or report.get("verdict") in ("incomplete",
+                                                                      "not_carried_out"):
+        return (f"its audit was {report.get('verdict', 'incomplete')}: "
+                f"{report.get('reason', 'not every probe ran')}")
+    return None
 
 
 def _cells(report: dict[str, Any]) -> dict[tuple[int, float], list[str]]:
@@ -113,6 +175,16 @@ def compare(base: dict[str, Any], new: dict[str, Any], tol: Tolerances | None = 
     """Compare two JSON reports."""
     tol = tol or Tolerances()
     out = Comparison()
+    why = incomplete_reason(base)
+    if why:
+        raise ConfigError(f"BASELINE cannot be compared against: {why}")
+    why = incomplete_reason(new)
+    if why:  # an incomplete NEW proves nothing: it fails the gate
+        out.regressions.append(f"NEW is not a complete audit: {why}")
+    missing = sorted({p["batch_size"] for p in base["probes"]}
+                     - {p["batch_size"] for p in new.get("probes", [])})
+    for bs in missing:
+        out.regressions.append(f"bs={bs} was audited in BASELINE but not in NEW")
     if base.get("config", {}).get("sweep") != new.get("config", {}).get("sweep"):
         out.notes.append("the sweeps differ; only the cells and batch sizes in both are "
                          "compared")

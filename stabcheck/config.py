@@ -43,7 +43,9 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no `true` for 1.0, no '0.1' for 0.1; allow_inf_nan=False: .inf and .nan are
+    # refused by every number of the schema (a user's kwargs are checked by _finite_kwargs).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class _Component(_Strict):
@@ -88,6 +90,15 @@ class OptimizerSection(_Strict):
     name: str = "sgd"
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            for number in item if isinstance(item, list | tuple) else [item]:
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise ValueError(f"{key}: {number} is not a finite number")
+        return value
+
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
@@ -110,6 +121,9 @@ class LRRange(_Strict):
     def _ordered(self) -> LRRange:
         if self.max < self.min:
             raise ValueError(f"max ({self.max}) is smaller than min ({self.min})")
+        if self.max == self.min and self.num > 1:
+            raise ValueError(f"min and max are both {self.min:g}: num must be 1 (or widen "
+                             "the range)")
         return self
 
     def values(self) -> list[float]:
@@ -164,12 +178,12 @@ class ProbeSection(_Strict):
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warmup")
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    flush_every: int = Field(50, gt=0, description="statistics are copied from the device every "
-                             "this many steps (no host sync in between)")
-    timeout_s: float | None = Field(None, gt=0, description="a probe that runs longer is "
-                                    "stopped and marked 'timeout'")
-    curvature_every: int | None = Field(None, gt=0, description="measure sharpness every this "
-                                        "many steps; null = off")
+    flush_every: int = Field(50, gt=0, le=1_000_000, description="statistics are copied from "
+                             "the device every this many steps (no host sync in between)")
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="a probe that runs "
+                                    "longer is stopped and marked 'timeout'")
+    curvature_every: int | None = Field(None, gt=0, le=1_000_000, description="measure "
+                                        "sharpness every this many steps; null = off")
     curvature_batch: int | None = Field(None, gt=0, description="examples in the fixed batch "
                                         "the sharpness is measured on (the whole dataset when "
                                         "smaller); null = the probe's own batch size during "
@@ -193,7 +207,7 @@ class ProbeSection(_Strict):
 class AuditConfig(_Strict):
     """The whole config file. docs/config.md has a commented example."""
 
-    name: str = "audit"
+    name: str = Field("audit", max_length=200)
     model: ModelSection
     data: DataSection
     loss: str = "cross_entropy"

@@ -7,6 +7,7 @@ escapes is an internal error (exit 3). See the exit-code table in docs/cli.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,10 +54,31 @@ class AuditNotCarriedOut(StabcheckError):
     exit_code = EXIT_NOT_CARRIED_OUT
 
 
+def os_reason(exc: OSError) -> str:
+    """Why an ``OSError`` happened, in words (``disk full`` for ENOSPC and EDQUOT)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    return exc.strerror or str(exc)
+
+
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Turn an ``OSError`` while writing ``path`` into the one-line ``cannot write`` error."""
     try:
         yield
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise ConfigError(f"{path}: cannot write: {os_reason(exc)}") from None
+
+
+@contextlib.contextmanager
+def user_code_exits(what: str) -> Iterator[None]:
+    """Turn ``sys.exit()`` (any ``SystemExit``) from user code into a :class:`UserCodeError`.
+
+    A CI gate reads exit 0 as "passed": user code that calls ``sys.exit(0)`` while stabcheck
+    builds the model or the data must never end the process with that status.
+    """
+    try:
+        yield
+    except SystemExit as exc:
+        raise UserCodeError(f"{what}: user code called sys.exit({exc.code!r}); the audit was "
+                            "not carried out") from None

@@ -254,6 +254,16 @@ def _optimizer_factory(loaded: LoadedConfig
     except ValueError:
         pass
     kwargs = dict(spec.kwargs)
+    lr = min(loaded.config.sweep.lr_values())
+    try:  # options torch rejects (momentum -1, betas > 1) fail here, not in every probe
+        dummy = torch.zeros(1, requires_grad=True)
+        trial = cls([dummy], lr=lr, **kwargs)  # type: ignore[call-arg]
+        if ":" not in spec.name:  # a built-in: step it too (a user's class may count steps)
+            dummy.grad = torch.ones(1)
+            trial.step()
+            trial.step()  # the second step uses the state the first made (momentum buffers)
+    except Exception as exc:
+        raise loaded.error_at(("optimizer", "kwargs"), f"{spec.name}: {exc}") from None
 
     def make(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return cls(params, lr=lr, **kwargs)  # type: ignore[call-arg]

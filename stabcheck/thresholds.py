@@ -8,13 +8,21 @@ config.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Every threshold is bounded: a count over MAX_STEPS_THRESHOLD steps (no probe is longer) or
+# a ratio over MAX_RATIO_THRESHOLD means a typo, and a window of 1e9 steps would only fail
+# after the whole audit had run (allocating it).
+MAX_STEPS_THRESHOLD = 1_000_000
+MAX_RATIO_THRESHOLD = 1e12
 
 
 class Thresholds(BaseModel):
     """Detector thresholds. Field descriptions double as documentation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     # --- loss and gradient-norm spikes (OLMo-core StabilityMonitorCallback: a value above the
     # mean of the previous 128 values by more than 6 standard deviations) ---
@@ -96,3 +104,17 @@ class Thresholds(BaseModel):
                                     "upper bound (product of weight spectral norms) may grow "
                                     "within a probe before it is reported (stabcheck: one "
                                     "order of magnitude).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if field is None or isinstance(value, bool) or \
+                        not isinstance(value, int | float):
+                    continue
+                limit = MAX_STEPS_THRESHOLD if field.annotation is int else MAX_RATIO_THRESHOLD
+                if value > limit:
+                    raise ValueError(f"{key}: {value:g} is over the limit of {limit:g}")
+        return data

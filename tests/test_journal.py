@@ -8,12 +8,17 @@ import pytest
 
 from stabcheck.errors import ConfigError
 from stabcheck.journal import JOURNAL_NAME, Journal, read_journal
+from stabcheck.plan import ProbeSpec
 from stabcheck.records import ProbeRecord
 
 
-def record(index: int, outcome: str = "completed") -> ProbeRecord:
+def key(index: int, digest: str = "abc") -> str:
+    return ProbeSpec(batch_size=8, lr=0.1 * (index + 1), seed=0).key(digest)
+
+
+def record(index: int, outcome: str = "completed", digest: str = "abc") -> ProbeRecord:
     return ProbeRecord(lr=0.1 * (index + 1), seed=0, batch_size=8, index=index,
-                       key=f"k{index}", outcome=outcome, steps_planned=3, steps_run=3,
+                       key=key(index, digest), outcome=outcome, steps_planned=3, steps_run=3,
                        trace={"loss": [1.0, 0.5, None]})
 
 
@@ -25,7 +30,7 @@ def test_round_trip(tmp_path: Path) -> None:
     contents = read_journal(tmp_path)
     assert contents.header["config_digest"] == "abc"
     assert [r.outcome for r in contents.probes.values()] == ["completed", "nonfinite"]
-    assert contents.probes["k0"].trace["loss"] == [1.0, 0.5, None]
+    assert contents.probes[key(0)].trace["loss"] == [1.0, 0.5, None]
     assert contents.init[0]["initial_loss"] == 1.1
 
 
@@ -35,10 +40,10 @@ def test_truncated_last_line_is_tolerated_and_cut_on_resume(tmp_path: Path) -> N
     with (tmp_path / JOURNAL_NAME).open("a") as fh:
         fh.write('{"type": "probe", "lr": 0.2, "se')  # a kill mid-write
     contents = read_journal(tmp_path)
-    assert list(contents.probes) == ["k0"] and contents.truncated_tail
+    assert list(contents.probes) == [key(0)] and contents.truncated_tail
     journal, contents = Journal.resume(tmp_path, "abc")
     journal.append_probe(record(1))
-    assert list(read_journal(tmp_path).probes) == ["k0", "k1"]
+    assert list(read_journal(tmp_path).probes) == [key(0), key(1)]
 
 
 def test_resume_refuses_another_config(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ the text.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -22,6 +23,27 @@ if TYPE_CHECKING:
     from stabcheck.diagnose import ProbeDiagnosis
     from stabcheck.findings import Finding
     from stabcheck.result import AuditResult
+
+# ANSI escape sequences (colour codes in an exception message), then every character XML 1.0
+# cannot hold (C0 controls but tab, newline and CR; surrogates; U+FFFE/U+FFFF).
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def clean(text: str) -> str:
+    """``text`` as valid XML character data: ANSI codes dropped, other controls as ``?``."""
+    return _NOT_XML.sub("?", _ANSI.sub("", text))
+
+
+def _sanitise(root: ET.Element) -> None:
+    for el in root.iter():
+        if el.text:
+            el.text = clean(el.text)
+        if el.tail:
+            el.tail = clean(el.tail)
+        for key, value in el.attrib.items():
+            el.attrib[key] = clean(value)
+
 
 def _text(f: Finding) -> str:
     out = f"{f.code} {f.title}: {f.message}" + (f" ({f.evidence})" if f.evidence else "")
@@ -99,6 +121,7 @@ def render(result: AuditResult) -> str:
     _count(suite, 1, failures, 0 if v.complete else 1, 0.0, totals)
     for key, value in totals.items():
         root.set(key, str(value))
+    _sanitise(root)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") \
         + "\n"
