@@ -16,10 +16,11 @@ from typing import Any, Protocol
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
+from stabcheck.engine.failures import free_memory
 from stabcheck.engine.initcheck import initial_checks
-from stabcheck.engine.sequential import free_memory
 from stabcheck.engine.vectorized import select_engine
-from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
+from stabcheck.executors import choose_executor
+from stabcheck.executors.base import DEFAULT_GRACE_S, Executor, Interrupts, Job
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
@@ -148,15 +149,12 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
                     journal.append_event({"event": "engine", "message": message})
                 progress.note(message)
 
-            if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
-                engine.on_note = on_note  # type: ignore[union-attr]
-            if not getattr(executor, "in_process", True):
+            if not executor.in_process:
                 # Probes run in workers with their own copy: give this one's device memory back.
                 data = problem.data
                 free_memory(problem.device)
-            job = Job(loaded=loaded, problem=problem, data=data, engine=engine.name,
-                      settings=settings, keys=keys, setup_s=setup_s, engine_obj=engine,
-                      on_note=on_note)
+            job = Job(loaded=loaded, problem=problem, data=data, engine=engine,
+                      settings=settings, keys=keys, setup_s=setup_s, on_note=on_note)
             if not control.stop_requested:
                 executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
             control.settle()

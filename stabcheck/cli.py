@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from stabcheck import __version__
+from stabcheck.engine import ENGINE_CHOICES
 from stabcheck.errors import (
     EXIT_INTERRUPTED,
     EXIT_NOT_CARRIED_OUT,
@@ -27,6 +28,7 @@ from stabcheck.errors import (
     UserCodeError,
     writing,
 )
+from stabcheck.executors import EXECUTOR_CHOICES
 
 HUMAN_FORMATS = ("rich", "text")
 
@@ -187,11 +189,11 @@ def cli() -> None:
               help="Seeds, comma-separated (overrides sweep.seeds).")
 @click.option("--batch-size", type=_ListType(int, True), default=None,
               help="Batch sizes, comma-separated (overrides sweep.batch_sizes).")
-@click.option("--engine", type=click.Choice(["auto", "vectorized", "sequential"]),
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES),
               default="auto", show_default=True,
               help="How probes run: vectorized (stacked, vmap-ed cohorts), sequential (one "
               "at a time), or auto (vectorized when the model allows, else sequential).")
-@click.option("--executor", type=click.Choice(["auto", "local", "process"]), default="auto",
+@click.option("--executor", type=click.Choice(EXECUTOR_CHOICES), default="auto",
               show_default=True, help="Where probes run: in this process, or in a worker "
               "process that a hung or crashed probe cannot take down (auto: process when "
               "probe.timeout_s is set or on CUDA).")

@@ -18,6 +18,7 @@ from stabcheck.cli import cli
 from stabcheck.config import load_config
 from stabcheck.diagnose import Context
 from stabcheck.diagnose import curvature as diag
+from stabcheck.engine import EngineSettings
 from stabcheck.engine.curvature import (
     CurvatureTracker,
     init_curvature,
@@ -27,7 +28,7 @@ from stabcheck.engine.curvature import (
     spectral_norm,
     stability_rule,
 )
-from stabcheck.engine.sequential import EngineSettings, run_probe
+from stabcheck.engine.sequential import run_probe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import TensorData, _builtin_criterion, build_problem, make_loss_fn
 from stabcheck.records import ProbeRecord

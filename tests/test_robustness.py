@@ -21,11 +21,12 @@ import yaml
 
 from stabcheck.audit import AuditOptions, run_audit
 from stabcheck.config import load_config
-from stabcheck.engine import SequentialEngine, get_engine
-from stabcheck.engine.sequential import EngineSettings
-from stabcheck.executors import Interrupts, Job, LocalExecutor, ProcessExecutor, choose_executor
-from stabcheck.executors.base import run_cohorts
-from stabcheck.executors.process import hard_limit
+from stabcheck.engine import EngineSettings, get_engine
+from stabcheck.engine.sequential import SequentialEngine
+from stabcheck.executors import choose_executor
+from stabcheck.executors.base import Interrupts, Job, run_cohorts
+from stabcheck.executors.local import LocalExecutor
+from stabcheck.executors.process import ProcessExecutor, hard_limit
 from stabcheck.plan import make_cohorts, plan_probes
 from stabcheck.problem import build_problem
 from stabcheck.records import ProbeRecord
@@ -139,7 +140,7 @@ def test_process_executor_restarts_a_worker_per_lost_probe(tmp_path: Path) -> No
     settings = EngineSettings.from_config(loaded.config.probe)
     probes = plan_probes(loaded.config)
     keys = {p.index: f"k{p.index}" for p in probes}
-    job = Job(loaded=loaded, problem=problem, data=problem.data, engine="sequential",
+    job = Job(loaded=loaded, problem=problem, data=problem.data, engine=SequentialEngine(),
               settings=settings, keys=keys)
     records: list[ProbeRecord] = []
     executor = ProcessExecutor()
@@ -153,8 +154,8 @@ def test_process_executor_restarts_a_worker_per_lost_probe(tmp_path: Path) -> No
 CRASHING_ENGINE = """
 from torch import nn
 
-from stabcheck.engine import ENGINES, SequentialEngine
-from stabcheck.engine.sequential import run_probe
+from stabcheck.engine import ENGINES
+from stabcheck.engine.sequential import SequentialEngine, run_probe
 
 
 class CrashingEngine(SequentialEngine):
@@ -162,9 +163,9 @@ class CrashingEngine(SequentialEngine):
 
     name = "crashing"
 
-    def run_cohort(self, problem, cohort, settings, keys, data, on_record, on_steps=None):
+    def run_cohort(self, problem, cohort, settings, keys, data, events):
         spec = cohort.probes[0]
-        on_record(run_probe(problem, spec, settings, keys[spec.index], data, on_steps))
+        events.record(run_probe(problem, spec, settings, keys[spec.index], data, events))
         raise RuntimeError("engine bug")
 
 
@@ -463,7 +464,7 @@ def test_local_executor_runs_everything_without_a_stop(write_config) -> None:  #
     loaded = load_config(write_config())
     problem = build_problem(loaded)
     probes = plan_probes(loaded.config)
-    job = Job(loaded=loaded, problem=problem, data=problem.data, engine="sequential",
+    job = Job(loaded=loaded, problem=problem, data=problem.data, engine=SequentialEngine(),
               settings=EngineSettings.from_config(loaded.config.probe),
               keys={p.index: str(p.index) for p in probes})
     records: list[ProbeRecord] = []

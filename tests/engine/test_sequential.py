@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from stabcheck.config import load_config
+from stabcheck.engine import EngineSettings
 from stabcheck.engine.instruments import batch_order, warmup_factors
-from stabcheck.engine.sequential import EngineSettings, run_probe
+from stabcheck.engine.sequential import run_probe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import build_problem
 

@@ -9,6 +9,7 @@ clipping, timeouts, errors, cohort splitting, and every fallback with its one-li
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,9 @@ import torch
 
 from stabcheck.audit import AuditOptions, run_audit
 from stabcheck.config import load_config
-from stabcheck.engine import SequentialEngine
-from stabcheck.engine.sequential import EngineSettings
-from stabcheck.engine.vectorized import (
-    FallbackEngine,
-    VectorizedEngine,
-    max_members,
-    select_engine,
-)
+from stabcheck.engine import EngineSettings, Events
+from stabcheck.engine.sequential import SequentialEngine
+from stabcheck.engine.vectorized import VectorizedEngine, max_members, memory, select_engine
 from stabcheck.plan import make_cohorts, plan_probes
 from stabcheck.problem import Problem, build_problem
 from stabcheck.records import ProbeRecord
@@ -59,15 +55,16 @@ def _problem(write_config, updates: dict[str, Any]) -> tuple[Problem, Any]:  # t
     return build_problem(loaded), loaded.config
 
 
-def _run(engine: Any, problem: Problem, config: Any,
-         settings: EngineSettings | None = None) -> dict[int, ProbeRecord]:
+def _run(engine: Any, problem: Problem, config: Any, settings: EngineSettings | None = None,
+         on_note: Callable[[str], None] | None = None) -> dict[int, ProbeRecord]:
     settings = settings or EngineSettings.from_config(config.probe)
     probes = plan_probes(config)
     keys = {p.index: f"k{p.index}" for p in probes}
     data = problem.data.to(problem.device)
     records: list[ProbeRecord] = []
     for cohort in make_cohorts(probes):
-        engine.run_cohort(problem, cohort, settings, keys, data, records.append)
+        engine.run_cohort(problem, cohort, settings, keys, data, Events(records.append,
+                                                                        on_note=on_note))
     assert sorted(r.index for r in records) == [p.index for p in probes]
     return {r.index: r for r in records}
 
@@ -233,7 +230,8 @@ def test_timeout_marks_every_member(write_config) -> None:  # type: ignore[no-un
     assert all("timeout_s" in (r.error or {}).get("message", "") for r in vec.values())
 
 
-def test_cohorts_split_to_a_size_limit_give_the_same_records(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_cohorts_split_to_a_size_limit_give_the_same_records(  # type: ignore[no-untyped-def]
+        write_config, monkeypatch: pytest.MonkeyPatch) -> None:
     problem, config = _problem(write_config, {"probe": PROBE, "sweep": {
         "learning_rates": [0.01, 0.03, 0.1], "seeds": [0, 1], "batch_sizes": [16]}})
     whole = _run(VectorizedEngine(), problem, config)
@@ -241,8 +239,10 @@ def test_cohorts_split_to_a_size_limit_give_the_same_records(write_config) -> No
     for index, record in whole.items():
         assert split[index].trace["loss"] == pytest.approx(record.trace["loss"], rel=RTOL)
     settings = EngineSettings.from_config(config.probe)
-    fit = max_members(problem, settings, problem.data, plan_probes(config))
-    assert 1 <= fit <= 6
+    probes = plan_probes(config)
+    assert max_members(problem, settings, problem.data, probes) == 6  # a tiny MLP: all fit
+    monkeypatch.setattr(memory, "_available_host_bytes", lambda: 0)
+    assert max_members(problem, settings, problem.data, probes) == 1  # no room: one at a time
 
 
 def test_an_error_mid_run_reruns_the_cohort_sequentially(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
@@ -261,9 +261,8 @@ def test_an_error_mid_run_reruns_the_cohort_sequentially(write_config, write_mod
     problem, config = _problem(write_config, {
         "model": {"builtin": None, "factory": "./flaky.py:build", "kwargs": {}},
         "probe": PROBE})
-    engine, notes = VectorizedEngine(), []
-    engine.on_note = notes.append  # the audit journals these, so the report shows them
-    records = _run(engine, problem, config)
+    notes: list[str] = []  # the audit journals these, so the report shows them
+    records = _run(VectorizedEngine(), problem, config, on_note=notes.append)
     assert len(notes) == 1 and "RuntimeError: transient failure" in notes[0]
     assert {r.engine for r in records.values()} == {"sequential"}
     assert {r.outcome for r in records.values()} == {"completed"}
@@ -327,7 +326,8 @@ def test_a_failing_record_sink_is_not_answered_with_a_rerun(write_config) -> Non
     with pytest.raises(OSError, match="disk full"):
         VectorizedEngine().run_cohort(problem, make_cohorts(probes)[0],
                                       EngineSettings.from_config(config.probe),
-                                      {p.index: "k" for p in probes}, problem.data, sink)
+                                      {p.index: "k" for p in probes}, problem.data,
+                                      Events(sink))
 
 
 @pytest.mark.parametrize("case,expect", [
@@ -355,11 +355,12 @@ def test_fallbacks_run_sequentially_with_a_one_line_note(  # type: ignore[no-unt
     problem, config = _problem(write_config, {"probe": PROBE, **case})
     settings = EngineSettings.from_config(config.probe)
     engine, note = select_engine(problem, "auto", settings, problem.data, plan_probes(config))
-    assert isinstance(engine, FallbackEngine) and note is not None
+    assert isinstance(engine, SequentialEngine) and engine.fallback_reason is not None
+    assert note is not None and engine.note == note
     assert expect in note and "\n" not in note
     explicit, again = select_engine(problem, "vectorized", settings, problem.data,
                                     plan_probes(config))
-    assert isinstance(explicit, FallbackEngine) and again == note
+    assert isinstance(explicit, SequentialEngine) and explicit.note == again == note
     # End to end: the note reaches the report, and every probe ran sequentially.
     loaded = load_config(write_config({"probe": {**PROBE, "steps": 6}, **case}))
     result, _ = run_audit(loaded, AuditOptions(out_dir=tmp_path / "out"))
