@@ -32,8 +32,9 @@ import torch
 
 from stabcheck.builtins.data import blobs, images, text
 from stabcheck.builtins.models import cnn, mlp, transformer
+from stabcheck.engine import EngineSettings
 from stabcheck.engine.curvature import HessianVectorProduct, probe_batch_index
-from stabcheck.engine.sequential import EngineSettings, SequentialProbe, run_probe
+from stabcheck.engine.sequential import SequentialProbe, run_probe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData, _builtin_criterion, make_loss_fn
 

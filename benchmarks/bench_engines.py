@@ -36,9 +36,9 @@ import yaml
 
 from stabcheck.builtins.models import MODELS
 from stabcheck.config import load_config
-from stabcheck.engine import SequentialEngine
-from stabcheck.engine.sequential import EngineSettings, SequentialProbe
-from stabcheck.engine.vectorized import VectorizedEngine, _CohortRun
+from stabcheck.engine import EngineSettings, Events
+from stabcheck.engine.sequential import SequentialEngine, SequentialProbe
+from stabcheck.engine.vectorized import CohortRun, VectorizedEngine
 from stabcheck.plan import make_cohorts, plan_probes
 from stabcheck.problem import Problem, build_problem
 
@@ -153,7 +153,7 @@ def engine_run(engine: Any, problem: Problem, config: Any) -> None:
     data = problem.data.to(problem.device)
     records: list[Any] = []
     for cohort in make_cohorts(probes):
-        engine.run_cohort(problem, cohort, settings, keys, data, records.append)
+        engine.run_cohort(problem, cohort, settings, keys, data, Events(records.append))
     assert len(records) == len(probes)
     _sync(problem.device)
 
@@ -221,8 +221,8 @@ def step_overhead(grid: Grid, workdir: Path, steps: int, chunk: int) -> list[str
         spec = cohort.probes[0]
         seq = SequentialProbe(problem, spec, settings, data)
         bare_seq = _bare_step(problem, spec.lr, data, seq.order)
-        vec = _CohortRun(problem, cohort.probes, settings, data)
-        bare_vec = _CohortRun(problem, cohort.probes, settings, data)
+        vec = CohortRun(problem, cohort.probes, settings, data)
+        bare_vec = CohortRun(problem, cohort.probes, settings, data)
         variants: dict[str, Callable[[int], None]] = {
             "bare": bare_seq, "seq": seq.step,
             "vbare": bare_vec.step_uninstrumented, "vec": vec.step}

@@ -20,7 +20,8 @@ import yaml
 
 from stabcheck.audit import AuditOptions, run_audit
 from stabcheck.config import load_config
-from stabcheck.executors import LocalExecutor, ProcessExecutor
+from stabcheck.executors.local import LocalExecutor
+from stabcheck.executors.process import ProcessExecutor
 
 
 def main() -> None:

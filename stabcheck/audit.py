@@ -17,11 +17,12 @@ from typing import Any, Protocol
 from stabcheck.config import LoadedConfig, load_config
 from stabcheck.engine import Engine, EngineSettings
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
+from stabcheck.engine.failures import free_memory
 from stabcheck.engine.initcheck import initial_checks
-from stabcheck.engine.sequential import free_memory
 from stabcheck.engine.vectorized import select_engine
 from stabcheck.errors import AuditNotCarriedOut, ConfigError, user_code_exits, writing
-from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
+from stabcheck.executors import choose_executor
+from stabcheck.executors.base import DEFAULT_GRACE_S, Executor, Interrupts, Job
 from stabcheck.journal import (
     LOCK_NAME,
     REPORT_NAME,
@@ -223,15 +224,12 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                     journal.append_event({"event": "engine", "message": message})
                 progress.note(message)
 
-            if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
-                engine.on_note = on_note  # type: ignore[union-attr]
-            if not getattr(executor, "in_process", True):
+            if not executor.in_process:
                 # Probes run in workers with their own copy: give this one's device memory back.
                 data = problem.data
                 free_memory(problem.device)
-            job = Job(loaded=loaded, problem=problem, data=data, engine=engine.name,
-                      settings=settings, keys=keys, setup_s=setup_s, engine_obj=engine,
-                      on_note=on_note)
+            job = Job(loaded=loaded, problem=problem, data=data, engine=engine,
+                      settings=settings, keys=keys, setup_s=setup_s, on_note=on_note)
             if not control.stop_requested:
                 executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
             control.settle()

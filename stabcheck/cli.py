@@ -19,6 +19,8 @@ import click
 
 from stabcheck import __version__
 from stabcheck.cli_checks import check_outputs, finite
+from stabcheck.cli_output import all_formats, emit, run_predict_only, stderr_console, use_rich
+from stabcheck.engine import ENGINE_CHOICES
 from stabcheck.errors import (
     EXIT_INTERRUPTED,
     EXIT_NOT_CARRIED_OUT,
@@ -29,33 +31,7 @@ from stabcheck.errors import (
     user_code_exits,
     writing,
 )
-
-HUMAN_FORMATS = ("rich", "text")
-
-
-def _all_formats() -> list[str]:
-    from stabcheck.report import FORMATS
-
-    return list(FORMATS)
-
-
-def _stderr_console(plain: bool | None = None) -> Any:
-    from rich.console import Console
-
-    if plain is None:
-        plain = not use_rich(sys.stderr)
-    if plain:
-        return Console(file=sys.stderr, color_system=None, force_terminal=False, no_color=True,
-                       highlight=False, emoji=False, width=110)
-    return Console(file=sys.stderr, highlight=False)
-
-
-def use_rich(stream: Any) -> bool:
-    """Rich output only on a real terminal, and never with NO_COLOR or TERM=dumb."""
-    if os.environ.get("NO_COLOR") is not None or os.environ.get("TERM") == "dumb":
-        return False
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
+from stabcheck.executors import EXECUTOR_CHOICES
 
 
 class _ListType(click.ParamType):
@@ -92,13 +68,13 @@ class _OutputType(click.ParamType):
             return value
         text = str(value)
         fmt, sep, file = text.partition("=")
-        if sep and fmt in _all_formats():
+        if sep and fmt in all_formats():
             if not file:
                 self.fail(f"{text!r}: no file after '='", param, ctx)
             return fmt, Path(file)
         if sep and "/" not in fmt and "." not in fmt:
             self.fail(f"{text!r}: unknown format {fmt!r} (expected one of "
-                      f"{', '.join(_all_formats())})", param, ctx)
+                      f"{', '.join(all_formats())})", param, ctx)
         return None, Path(text)
 
 
@@ -148,7 +124,7 @@ class StabcheckGroup(click.Group):
 def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--format``, ``-o``, ``--traces`` and ``--png``: what ``audit`` and ``report`` write."""
     options = [
-        click.option("--format", "fmt", type=click.Choice(_all_formats()), default=None,
+        click.option("--format", "fmt", type=click.Choice(all_formats()), default=None,
                      help="Output format: rich/text go to stderr, the others to stdout "
                      "(default: rich on a terminal, else text)."),
         click.option("-o", "--output", "outputs", type=_OutputType(), multiple=True,
@@ -193,11 +169,11 @@ def cli() -> None:
               help="Seeds, comma-separated (overrides sweep.seeds).")
 @click.option("--batch-size", type=_ListType(int, True), default=None,
               help="Batch sizes, comma-separated (overrides sweep.batch_sizes).")
-@click.option("--engine", type=click.Choice(["auto", "vectorized", "sequential"]),
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES),
               default="auto", show_default=True,
               help="How probes run: vectorized (stacked, vmap-ed cohorts), sequential (one "
               "at a time), or auto (vectorized when the model allows, else sequential).")
-@click.option("--executor", type=click.Choice(["auto", "local", "process"]), default="auto",
+@click.option("--executor", type=click.Choice(EXECUTOR_CHOICES), default="auto",
               show_default=True, help="Where probes run: in this process, or in a worker "
               "process that a hung or crashed probe cannot take down (auto: process when "
               "probe.timeout_s is set or on CUDA).")
@@ -252,9 +228,9 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
     defaults, _ = project_defaults(config, isolated)
     loaded = load_config(config, overrides=overrides, defaults=defaults)
     if predict_only:
-        return _predict_only(loaded, fmt, outputs, quiet)
+        return run_predict_only(loaded, fmt, outputs, quiet)
     rich_ok = use_rich(sys.stderr)
-    console = _stderr_console(plain=not rich_ok)
+    console = stderr_console(plain=not rich_ok)
     progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
@@ -262,98 +238,10 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
                            engine=engine, executor=executor, grace_s=grace_s,
                            large_sweep=large_sweep)
     result, results_dir = run_audit(loaded, options)
-    _emit(result, fmt, outputs, traces, console, quiet, png_dir)
+    emit(result, fmt, outputs, traces, console, quiet, png_dir)
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
     return result.exit_code
-
-
-def _predict_only(loaded: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
-                  quiet: bool) -> int:
-    """``audit --predict-only``: init curvature only, as JSON; exit 0, or 3 if no seed could
-    be measured."""
-    from stabcheck.audit import predict_only
-    from stabcheck.report.predict import print_prediction, render_json
-
-    for out_fmt, path in outputs:
-        if out_fmt not in (None, "json"):
-            raise ConfigError(f"-o {out_fmt}={path}: --predict-only writes JSON only")
-    prediction = predict_only(loaded)
-    if not quiet:
-        print_prediction(prediction, _stderr_console())
-    text = render_json(prediction)
-    for _, path in outputs:
-        _write(path, text)
-    if fmt == "json" and not any(f is None for f, _ in outputs):
-        click.echo(text, nl=False)
-    if prediction["errors"] and len(prediction["errors"]) == len(prediction["seeds"]):
-        err = prediction["errors"][0]
-        raise UserCodeError(f"curvature could not be measured: {err.get('type')}: "
-                            f"{err.get('message')}")
-    return 0
-
-
-def _emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], ...],
-          traces: Path | None, console: Any, quiet: bool, png_dir: Path | None = None) -> None:
-    """The human report always goes to stderr (only the verdict with ``-q``); a machine
-    format goes to stdout unless a plain ``-o FILE`` takes it; ``-o FORMAT=FILE`` writes any
-    format to a file. With ``GITHUB_STEP_SUMMARY`` set, a Markdown summary is appended there.
-    """
-    from stabcheck.report import render
-    from stabcheck.report.terminal import print_report, verdict_line
-
-    if quiet:
-        console.print(verdict_line(result))
-    else:
-        print_report(result, console)
-    fmt = fmt or ("rich" if use_rich(sys.stderr) else "text")
-    to_stdout = fmt not in HUMAN_FORMATS
-    for out_fmt, path in outputs:
-        if out_fmt is None:
-            to_stdout = False
-        _write(path, render(result, out_fmt or fmt))
-    if to_stdout:
-        click.echo(render(result, fmt), nl=False)
-    if traces is not None:
-        from stabcheck.report.traces import write_traces
-
-        write_traces(result, traces)
-    if png_dir is not None:
-        from stabcheck.report.png import write_pngs
-
-        written = write_pngs(result, png_dir)
-        if not quiet:
-            console.print(f"plots: {', '.join(str(p) for p in written)}", highlight=False,
-                          markup=False)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        _append_step_summary(result, Path(summary))
-
-
-def _write(path: Path, text: str) -> None:
-    from stabcheck.report.json_report import write_atomic
-
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, text)
-
-
-def _append_step_summary(result: Any, path: Path) -> None:
-    """Append the Markdown report to GitHub's job summary, within its 1 MiB limit."""
-    from stabcheck.report.markdown import STEP_SUMMARY_LIMIT
-    from stabcheck.report.markdown import render as markdown
-
-    try:
-        used = path.stat().st_size if path.exists() else 0
-        room = STEP_SUMMARY_LIMIT - used - 1024
-        if room < 4096:
-            click.echo("note: GITHUB_STEP_SUMMARY is full; summary not appended", err=True)
-            return
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(markdown(result, max_bytes=room) + "\n")
-    except OSError as exc:
-        click.echo(f"note: cannot append to GITHUB_STEP_SUMMARY ({path}): "
-                   f"{exc.strerror or exc}", err=True)
 
 
 @cli.command()
@@ -425,7 +313,7 @@ def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, 
 
     check_outputs(outputs, traces, results_dir)
     result = build_result(read_journal(results_dir), exit_zero=exit_zero, fail_on=fail_on)
-    _emit(result, fmt, outputs, traces, _stderr_console(), quiet, png_dir)
+    emit(result, fmt, outputs, traces, stderr_console(), quiet, png_dir)
     return result.exit_code
 
 

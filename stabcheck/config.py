@@ -30,12 +30,12 @@ from pydantic import (
 
 from stabcheck import yamlsafe
 from stabcheck.errors import ConfigError
+from stabcheck.optimizers import BUILTIN_OPTIMIZERS
 from stabcheck.thresholds import Thresholds
 
 BUILTIN_MODELS = ("mlp", "cnn", "transformer")
 BUILTIN_DATA = ("blobs", "regression", "text", "images")
 BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "model")
-BUILTIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 DTYPES = ("float32", "bfloat16", "float16")
 FAIL_ON = ("error", "warning", "never")
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stabcheck import optimizers
 from stabcheck.builtins.data import DATASETS
 from stabcheck.builtins.models import MODELS
 from stabcheck.config import LoadedConfig
@@ -226,12 +227,6 @@ def make_loss_fn(loss: str, criterion: Callable[..., torch.Tensor] | None,
     return criterion_loss
 
 
-_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-}
-
-
 def _optimizer_factory(loaded: LoadedConfig
                        ) -> Callable[[list[nn.Parameter], float], torch.optim.Optimizer]:
     spec = loaded.config.optimizer
@@ -243,7 +238,7 @@ def _optimizer_factory(loaded: LoadedConfig
                                   f"{spec.name!r} is not a torch.optim.Optimizer subclass")
         cls = found
     else:
-        cls = _OPTIMIZERS[spec.name]
+        cls = optimizers.get(spec.name).torch_class
     if "lr" in spec.kwargs:
         raise loaded.error_at(("optimizer", "kwargs", "lr"),
                               "set learning rates under sweep.learning_rates, not here")

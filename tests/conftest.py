@@ -36,7 +36,7 @@ def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]
 
 
 @pytest.fixture
-def write_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write_config(tmp_path: Path):
     """Write a tiny config (optionally changed) and return its path."""
 
     def write(updates: dict[str, Any] | None = None, name: str = "config.yaml",
@@ -53,7 +53,7 @@ def write_config(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def write_module(tmp_path: Path):  # type: ignore[no-untyped-def]
+def write_module(tmp_path: Path):
     """Write a Python file of user code next to the config and return its path."""
 
     def write(name: str, source: str) -> Path:

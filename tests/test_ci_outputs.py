@@ -24,7 +24,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     return result.exit_code, result.stdout
 
 
-def test_several_outputs_in_one_run(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_several_outputs_in_one_run(write_config, tmp_path: Path) -> None:
     config = write_config(DIVERGING)
     code, stdout = run("audit", str(config), "--out", str(tmp_path / "r"), "--format", "json",
                        "-o", f"junit={tmp_path / 'j.xml'}", "-o", f"markdown={tmp_path / 's.md'}",
@@ -45,19 +45,19 @@ def test_several_outputs_in_one_run(write_config, tmp_path: Path) -> None:  # ty
 
 
 def test_plain_output_file_takes_the_format_and_stdout_stays_empty(write_config,
-                                                                   tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                                                   tmp_path: Path) -> None:
     code, stdout = run("audit", str(write_config()), "--out", str(tmp_path / "r"), "--format",
                        "junit", "-o", str(tmp_path / "out.xml"))
     assert code == 0 and stdout == ""
     assert ET.parse(tmp_path / "out.xml").getroot().tag == "testsuites"
 
 
-def test_unknown_output_format_is_a_usage_error(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_output_format_is_a_usage_error(write_config, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["audit", str(write_config()), "-o", "yaml=x"])
     assert result.exit_code == 2 and "unknown format 'yaml'" in result.output
 
 
-def test_github_step_summary_is_appended(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_github_step_summary_is_appended(write_config, tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
     summary.write_text("# earlier step\n")
     code, _ = run("audit", str(write_config(DIVERGING)), "--out", str(tmp_path / "r"),
@@ -67,7 +67,7 @@ def test_github_step_summary_is_appended(write_config, tmp_path: Path) -> None: 
     assert text.startswith("# earlier step\n") and "stabcheck: tiny — FAILED" in text
 
 
-def test_report_rerenders_any_format_and_exports_parquet(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_report_rerenders_any_format_and_exports_parquet(write_config, tmp_path: Path) -> None:
     run("audit", str(write_config(DIVERGING)), "--out", str(tmp_path / "r"))
     code, stdout = run("report", str(tmp_path / "r"), "--format", "markdown", "--traces",
                        str(tmp_path / "t.parquet"))
@@ -85,7 +85,7 @@ thresholds = {spike_sigma = 9.0, stability_margin = 3.0}
 """
 
 
-def test_pyproject_defaults_and_precedence(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_pyproject_defaults_and_precedence(write_config, tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(PYPROJECT)
     config = write_config(DIVERGING)
     # [tool.stabcheck] fail_on=never: the diverging audit passes...
@@ -110,7 +110,7 @@ def test_pyproject_defaults_and_precedence(write_config, tmp_path: Path) -> None
     assert code == 1 and json.loads(stdout)["config"]["thresholds"]["spike_sigma"] == 6.0
 
 
-def test_bad_pyproject_section_is_a_one_line_config_error(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_pyproject_section_is_a_one_line_config_error(write_config, tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[tool.stabcheck]\nfail_onn = "never"\nthresholds = {spike_sigma = -1}\n')
     result = CliRunner().invoke(cli, ["validate", str(write_config())])
@@ -122,7 +122,7 @@ def test_bad_pyproject_section_is_a_one_line_config_error(write_config, tmp_path
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):  # type: ignore[no-untyped-def]
+def reports(tmp_path_factory):
     """A real baseline audit whose max stable LR at bs=16 is 0.1."""
     import yaml
 
@@ -137,7 +137,7 @@ def reports(tmp_path_factory):  # type: ignore[no-untyped-def]
     return {"base": root / "base"}
 
 
-def test_compare_exit_codes(reports, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_compare_exit_codes(reports, tmp_path: Path) -> None:
     code, stdout = run("compare", str(reports["base"]), str(reports["base"] / "report.json"))
     assert code == 0 and "compare: OK" in stdout
     base = json.loads((reports["base"] / "report.json").read_text())

@@ -17,7 +17,7 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def invoke(runner: CliRunner, *args: str):  # type: ignore[no-untyped-def]
+def invoke(runner: CliRunner, *args: str):
     return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -26,7 +26,7 @@ def test_version(runner: CliRunner) -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_exit_0_and_json_on_stdout(runner: CliRunner, write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_exit_0_and_json_on_stdout(runner: CliRunner, write_config, tmp_path: Path) -> None:
     result = invoke(runner, "audit", write_config(), "--out", tmp_path / "r", "--format", "json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)  # stdout holds nothing but the JSON report
@@ -40,7 +40,7 @@ def test_exit_0_and_json_on_stdout(runner: CliRunner, write_config, tmp_path: Pa
 
 
 def test_exit_1_on_divergence_and_exit_zero(runner: CliRunner, write_config,
-                                            tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                            tmp_path: Path) -> None:
     path = write_config({"sweep": {"learning_rates": [0.01, 1e4]}})
     result = invoke(runner, "audit", path, "--out", tmp_path / "a")
     assert result.exit_code == 1
@@ -52,7 +52,7 @@ def test_exit_1_on_divergence_and_exit_zero(runner: CliRunner, write_config,
 
 
 def test_exit_2_on_config_error_is_one_line_per_problem(runner: CliRunner, write_config,
-                                                        tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
     path = write_config({"sweep": {"lerning_rates": [0.1]}})
     result = invoke(runner, "audit", path, "--out", tmp_path / "r")
     assert result.exit_code == 2
@@ -62,7 +62,7 @@ def test_exit_2_on_config_error_is_one_line_per_problem(runner: CliRunner, write
     assert not (tmp_path / "r").exists()  # nothing ran
 
 
-def test_exit_2_on_usage_error(runner: CliRunner, write_config) -> None:  # type: ignore[no-untyped-def]
+def test_exit_2_on_usage_error(runner: CliRunner, write_config) -> None:
     result = invoke(runner, "audit", write_config(), "--lr", "0.1,-3")
     assert result.exit_code == 2 and "must be positive" in result.stderr
     result = invoke(runner, "audit", write_config(), "--no-such-flag")
@@ -73,7 +73,7 @@ def test_exit_2_on_usage_error(runner: CliRunner, write_config) -> None:  # type
     "- just\n- a list\n",
     "name: !!python/object/apply:os.system ['true']\n",
 ])
-def test_exit_2_on_hostile_or_malformed_yaml(runner: CliRunner, write_config, text: str) -> None:  # type: ignore[no-untyped-def]
+def test_exit_2_on_hostile_or_malformed_yaml(runner: CliRunner, write_config, text: str) -> None:
     result = invoke(runner, "audit", write_config(text=text))
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
@@ -84,14 +84,14 @@ def test_exit_2_on_directory(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "is a directory" in result.stderr
 
 
-def test_exit_2_on_batch_size_larger_than_data(runner: CliRunner, write_config) -> None:  # type: ignore[no-untyped-def]
+def test_exit_2_on_batch_size_larger_than_data(runner: CliRunner, write_config) -> None:
     result = invoke(runner, "audit", write_config(), "--batch-size", "1000")
     assert result.exit_code == 2
     assert "<command line>: sweep.batch_sizes[0]: batch size 1000 is larger" in result.stderr
 
 
 def test_exit_3_when_user_code_raises_while_building(runner: CliRunner, write_config,
-                                                     write_module) -> None:  # type: ignore[no-untyped-def]
+                                                     write_module) -> None:
     write_module("bad.py", "def build():\n    raise RuntimeError('no GPU driver')\n")
     path = write_config({"model": {"builtin": None, "factory": "./bad.py:build", "kwargs": {}}})
     result = invoke(runner, "audit", path)
@@ -100,7 +100,7 @@ def test_exit_3_when_user_code_raises_while_building(runner: CliRunner, write_co
 
 
 def test_exit_3_when_too_few_probes_finish(runner: CliRunner, write_config, write_module,
-                                           tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                           tmp_path: Path) -> None:
     write_module("fails.py", """
         from torch import nn
         class Fails(nn.Linear):
@@ -122,7 +122,7 @@ def test_exit_3_when_too_few_probes_finish(runner: CliRunner, write_config, writ
 
 
 def test_exit_130_on_interrupt_with_incomplete_report(runner: CliRunner, write_config,
-                                                      write_module, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                                      write_module, tmp_path: Path) -> None:
     write_module("interrupt.py", """
         import inspect
         from torch import nn
@@ -152,7 +152,7 @@ def test_exit_130_on_interrupt_with_incomplete_report(runner: CliRunner, write_c
 
 
 def test_resume_dir_reruns_nothing_that_finished(runner: CliRunner, write_config,
-                                                 tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
     out = tmp_path / "r"
     first = invoke(runner, "audit", write_config({"sweep": {"learning_rates": [0.01]}}),
                    "--out", out, "--format", "json")
@@ -172,14 +172,14 @@ def test_resume_dir_reruns_nothing_that_finished(runner: CliRunner, write_config
     assert missing.exit_code == 2 and "--resume DIR" in missing.stderr
 
 
-def test_validate(runner: CliRunner, write_config) -> None:  # type: ignore[no-untyped-def]
+def test_validate(runner: CliRunner, write_config) -> None:
     result = invoke(runner, "validate", write_config())
     assert result.exit_code == 0 and "ok — 4 probes" in result.stderr
     result = invoke(runner, "validate", write_config({"model": {"kwargs": {"widht": 3}}}))
     assert result.exit_code == 2
 
 
-def test_validate_user_code_error_is_exit_2(runner: CliRunner, write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_validate_user_code_error_is_exit_2(runner: CliRunner, write_config, write_module) -> None:
     write_module("bad.py", "def build():\n    raise RuntimeError('boom')\n")
     path = write_config({"model": {"builtin": None, "factory": "./bad.py:build", "kwargs": {}}})
     assert invoke(runner, "validate", path).exit_code == 2
@@ -209,7 +209,7 @@ def test_explain(runner: CliRunner) -> None:
     assert invoke(runner, "explain", "--markdown", "everything").exit_code == 2
 
 
-def test_report_rerenders_from_results_dir(runner: CliRunner, write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_report_rerenders_from_results_dir(runner: CliRunner, write_config, tmp_path: Path) -> None:
     out = tmp_path / "r"
     first = invoke(runner, "audit", write_config(), "--out", out, "--format", "json")
     again = invoke(runner, "report", out, "--format", "json")
@@ -220,7 +220,7 @@ def test_report_rerenders_from_results_dir(runner: CliRunner, write_config, tmp_
 
 
 def test_existing_results_dir_is_not_clobbered(runner: CliRunner, write_config,
-                                               tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                               tmp_path: Path) -> None:
     out = tmp_path / "r"
     assert invoke(runner, "audit", write_config(), "--out", out).exit_code == 0
     again = invoke(runner, "audit", write_config(), "--out", out)
@@ -228,7 +228,7 @@ def test_existing_results_dir_is_not_clobbered(runner: CliRunner, write_config,
     assert invoke(runner, "audit", write_config(), "--out", out, "--overwrite").exit_code == 0
 
 
-def test_python_dash_m(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_python_dash_m(write_config, tmp_path: Path) -> None:
     import subprocess
     import sys
 

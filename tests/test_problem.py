@@ -68,19 +68,19 @@ def wrong_type():
 
 
 @pytest.fixture
-def user_code(write_module):  # type: ignore[no-untyped-def]
+def user_code(write_module):
     write_module("models.py", USER_MODELS)
     write_module("data.py", USER_DATA)
 
 
-def test_builtin_problem(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_builtin_problem(write_config) -> None:
     problem = build_problem(load_config(write_config()))
     assert problem.data.n == 96
     assert problem.num_classes == 3
     assert problem.device == torch.device("cpu")
 
 
-def test_hugging_face_style_model_loss_with_dict_batches(write_config, user_code) -> None:  # type: ignore[no-untyped-def]
+def test_hugging_face_style_model_loss_with_dict_batches(write_config, user_code) -> None:
     path = write_config({"model": {"builtin": None, "factory": "./models.py:hf", "kwargs": {}},
                          "data": {"builtin": None, "factory": "./data.py:tokens", "kwargs": {}},
                          "loss": "model"})
@@ -90,22 +90,22 @@ def test_hugging_face_style_model_loss_with_dict_batches(write_config, user_code
     assert loss.dim() == 0 and torch.isfinite(loss)
 
 
-def test_map_style_dataset_is_materialised(write_config, user_code) -> None:  # type: ignore[no-untyped-def]
+def test_map_style_dataset_is_materialised(write_config, user_code) -> None:
     path = write_config({"model": {"builtin": None, "factory": "./models.py:linear",
                                    "kwargs": {}},
                          "data": {"builtin": None, "factory": "./data.py:dataset", "kwargs": {}}})
     problem = build_problem(load_config(path))
-    inputs, targets = problem.data.tensors  # type: ignore[misc]
+    inputs, targets = problem.data.tensors
     assert inputs.shape == (40, 4) and targets.tolist()[:4] == [0, 1, 2, 0]
 
 
-def test_tuple_data(write_config, user_code) -> None:  # type: ignore[no-untyped-def]
+def test_tuple_data(write_config, user_code) -> None:
     path = write_config({"data": {"builtin": None, "factory": "./data.py:tuple_data",
                                   "kwargs": {"n": 50}}})
     assert build_problem(load_config(path)).data.n == 50
 
 
-def test_kwargs_typo_in_user_factory_is_a_config_error(write_config, user_code) -> None:  # type: ignore[no-untyped-def]
+def test_kwargs_typo_in_user_factory_is_a_config_error(write_config, user_code) -> None:
     path = write_config({"model": {"builtin": None, "factory": "./models.py:linear",
                                    "kwargs": {"d_inn": 4}}})
     with pytest.raises(ConfigError) as info:
@@ -116,13 +116,13 @@ def test_kwargs_typo_in_user_factory_is_a_config_error(write_config, user_code) 
     assert msg.startswith(str(path) + ":")
 
 
-def test_kwargs_typo_in_builtin_is_a_config_error(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_kwargs_typo_in_builtin_is_a_config_error(write_config) -> None:
     path = write_config({"model": {"kwargs": {"hiden": [8]}}})
     with pytest.raises(ConfigError, match=r"does not take 'hiden' \(did you mean 'hidden'\?\)"):
         build_problem(load_config(path))
 
 
-def test_reference_that_does_not_import(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_reference_that_does_not_import(write_config) -> None:
     path = write_config({"model": {"builtin": None, "factory": "./nowhere.py:build",
                                    "kwargs": {}}})
     with pytest.raises(ConfigError, match=r"model.factory: file './nowhere.py' not found"):
@@ -134,7 +134,7 @@ def test_reference_that_does_not_import(write_config) -> None:  # type: ignore[n
     ("./models.py:explodes", "the model factory raised RuntimeError: cannot build"),
 ])
 def test_user_model_failures_are_user_code_errors(write_config, user_code, factory: str,
-                                                  message: str) -> None:  # type: ignore[no-untyped-def]
+                                                  message: str) -> None:
     path = write_config({"model": {"builtin": None, "factory": factory, "kwargs": {}}})
     with pytest.raises(UserCodeError, match=message):
         build_problem(load_config(path))
@@ -144,38 +144,38 @@ def test_user_model_failures_are_user_code_errors(write_config, user_code, facto
     ("./data.py:ragged", "first dimensions differ"),
     ("./data.py:wrong_type", "returned list; expected a torch Dataset"),
 ])
-def test_bad_user_data(write_config, user_code, factory: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_user_data(write_config, user_code, factory: str, message: str) -> None:
     path = write_config({"data": {"builtin": None, "factory": factory, "kwargs": {}}})
     with pytest.raises(UserCodeError, match=message):
         build_problem(load_config(path))
 
 
-def test_batch_size_larger_than_dataset(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_batch_size_larger_than_dataset(write_config) -> None:
     path = write_config({"sweep": {"batch_sizes": [16, 500]}})
     with pytest.raises(ConfigError, match=r"sweep.batch_sizes\[1\]: batch size 500 is larger "
                                           r"than the dataset \(96 samples\)"):
         build_problem(load_config(path))
 
 
-def test_builtins_that_do_not_fit_together(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_builtins_that_do_not_fit_together(write_config) -> None:
     path = write_config({"model": {"kwargs": {"in_features": 7}}})
     with pytest.raises(ConfigError, match="model.kwargs: the model does not fit the data"):
         build_problem(load_config(path))
 
 
-def test_lr_in_optimizer_kwargs_is_refused(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_lr_in_optimizer_kwargs_is_refused(write_config) -> None:
     path = write_config({"optimizer": {"kwargs": {"lr": 0.1}}})
     with pytest.raises(ConfigError, match="optimizer.kwargs.lr: set learning rates under"):
         build_problem(load_config(path))
 
 
-def test_bad_optimizer_kwarg(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_bad_optimizer_kwarg(write_config) -> None:
     path = write_config({"optimizer": {"kwargs": {"momentun": 0.9}}})
     with pytest.raises(ConfigError, match="optimizer.kwargs: sgd: got an unexpected keyword"):
         build_problem(load_config(path))
 
 
-def test_unavailable_cuda_is_a_config_error(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_unavailable_cuda_is_a_config_error(write_config) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     path = write_config({"probe": {"device": "cuda"}})

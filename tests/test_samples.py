@@ -13,13 +13,13 @@ from stabcheck.cli import cli
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
 
 
-def audit(config: Path, out: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def audit(config: Path, out: Path, *extra: str) -> tuple[int, dict]:
     result = CliRunner().invoke(cli, ["audit", str(config), "--out", str(out), "--format",
                                       "json", *extra], catch_exceptions=False)
     return result.exit_code, json.loads(result.stdout)
 
 
-def flagged(report: dict, *severities: str) -> set[int]:  # type: ignore[type-arg]
+def flagged(report: dict, *severities: str) -> set[int]:
     """Probe indices named by findings of the given severities."""
     return {p for f in report["findings"] if f["severity"] in severities for p in f["probes"]}
 

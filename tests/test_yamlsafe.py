@@ -59,7 +59,7 @@ def test_non_utf8_names_the_position() -> None:
         yamlsafe.loads(b"a: 1\nname: \xff\n", "f.yaml")
 
 
-def test_size_cap(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_size_cap(tmp_path) -> None:
     path = tmp_path / "big.yaml"
     path.write_bytes(b"# " + b"x" * yamlsafe.MAX_BYTES + b"\n")
     with pytest.raises(ConfigError, match="cap"):

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from stabcheck.engine.instruments import LayerMap, seed_everything
+from stabcheck.engine.failures import describe_exception
+from stabcheck.engine.instruments import LayerMap, build_model
 from stabcheck.problem import Problem, TensorData
 from stabcheck.records import significant
 
@@ -55,8 +56,6 @@ def initial_checks(problem: Problem, seed: int, data: TensorData) -> dict[str, A
     A model that cannot run one forward/backward here will fail its probes too, where the
     failure is reported per probe; the init report only notes it.
     """
-    from stabcheck.engine.sequential import describe_exception
-
     try:
         return _initial_checks(problem, seed, data)
     except Exception as exc:
@@ -64,9 +63,7 @@ def initial_checks(problem: Problem, seed: int, data: TensorData) -> dict[str, A
 
 
 def _initial_checks(problem: Problem, seed: int, data: TensorData) -> dict[str, Any]:
-    seed_everything(seed)
-    model = problem.build_model().to(problem.device)
-    model.train()
+    model = build_model(problem, seed)
     batch = data.batch(init_batch_index(seed, data.n, problem.device))
 
     outputs: dict[str, dict[str, Any]] = {}

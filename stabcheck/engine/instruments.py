@@ -1,8 +1,9 @@
 """What every engine measures, and the pieces both engines share.
 
 Per step, each probe records the columns of :data:`STAT_COLUMNS` plus one gradient norm per
-layer. They are written into a preallocated buffer *on the device* and copied to the host
-every ``flush_every`` steps, so the hot loop never waits for the device.
+layer. They are written into a preallocated buffer *on the device*
+(:class:`stabcheck.engine.stats.StatBuffer`) and copied to the host every ``flush_every``
+steps, so the hot loop never waits for the device.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from stabcheck.problem import Problem
 
 # Column order of the per-step statistics buffer.
 STAT_COLUMNS = (
@@ -39,6 +43,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def build_model(problem: Problem, seed: int) -> nn.Module:
+    """Seed, build, move to the device, train mode: the one way every engine, check and
+    measurement makes a probe's model, so that a seed means the same initial weights
+    everywhere."""
+    seed_everything(seed)
+    model = problem.build_model().to(problem.device)
+    model.train()
+    return model
 
 
 @contextlib.contextmanager
@@ -115,38 +129,6 @@ class LayerMap:
     def index_tensor(self, device: torch.device) -> torch.Tensor:
         """Parameter → layer index, for ``index_add_``."""
         return torch.tensor(self.param_layer, dtype=torch.long, device=device)
-
-
-@dataclass
-class StatBuffer:
-    """Preallocated on-device statistics, flushed to host numpy arrays in chunks."""
-
-    steps: int
-    n_layers: int
-    device: torch.device
-    leading: tuple[int, ...] = ()
-    stats: torch.Tensor = field(init=False)
-    layers: torch.Tensor = field(init=False)
-    host_stats: np.ndarray = field(init=False)
-    host_layers: np.ndarray = field(init=False)
-    flushed: int = 0
-
-    def __post_init__(self) -> None:
-        shape = (*self.leading, self.steps)
-        self.stats = torch.full((*shape, len(STAT_COLUMNS)), float("nan"), device=self.device)
-        self.layers = torch.full((*shape, self.n_layers), float("nan"), device=self.device)
-        self.host_stats = np.full((*shape, len(STAT_COLUMNS)), np.nan, dtype=np.float32)
-        self.host_layers = np.full((*shape, self.n_layers), np.nan, dtype=np.float32)
-
-    def flush(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copy steps ``[flushed, upto)`` to the host (one sync) and return them."""
-        lo = self.flushed
-        if upto > lo:
-            # Slicing the last-but-one axis works for both [steps, C] and [P, steps, C].
-            self.host_stats[..., lo:upto, :] = self.stats[..., lo:upto, :].float().cpu().numpy()
-            self.host_layers[..., lo:upto, :] = self.layers[..., lo:upto, :].float().cpu().numpy()
-            self.flushed = upto
-        return self.host_stats[..., lo:upto, :], self.host_layers[..., lo:upto, :]
 
 
 @dataclass(frozen=True)

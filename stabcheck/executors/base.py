@@ -23,13 +23,15 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stabcheck.config import LoadedConfig
-from stabcheck.engine import Engine, EngineSettings, RecordSink, StepSink
+from stabcheck.engine import Engine, EngineSettings, Events, NoteSink, RecordSink, StepSink
 from stabcheck.plan import Cohort
-from stabcheck.problem import Problem, TensorData
 from stabcheck.records import ProbeRecord
+
+if TYPE_CHECKING:
+    from stabcheck.problem import Problem, TensorData
 
 DEFAULT_GRACE_S = 5.0
 
@@ -49,18 +51,22 @@ class Job:
     loaded: LoadedConfig
     problem: Problem
     data: TensorData  # on the problem's device
-    engine: str
+    # The engine the audit chose; an executor running elsewhere sends its ``spec`` (name and
+    # options, picklable) so that the worker builds exactly this engine.
+    engine: Engine
     settings: EngineSettings
     keys: dict[int, str]
     setup_s: float = 0.0  # how long building the problem took in this process
-    engine_obj: Engine | None = None  # an engine instance for in-process runs (tests, API)
-    on_note: Callable[[str], None] | None = None  # one-line notes from engines in workers
+    on_note: NoteSink | None = None  # one-line notes from the engine, wherever it runs
 
 
 class Executor(Protocol):
     """Runs cohorts somewhere and reports each finished probe at once."""
 
     name: str
+    # True: probes run in this process (its device memory, its crashes); the audit frees
+    # its own copy of the data before the probes only when this is False.
+    in_process: bool
 
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
@@ -169,7 +175,8 @@ def run_cohorts(engine: Engine, problem: Problem, cohorts: list[Cohort],
                 settings: EngineSettings, keys: dict[int, str], data: TensorData,
                 on_record: RecordSink, on_steps: StepSink,
                 stop_requested: Callable[[], bool],
-                on_cohort: Callable[[int], None] | None = None) -> None:
+                on_cohort: Callable[[int], None] | None = None,
+                on_note: NoteSink | None = None) -> None:
     """Run ``cohorts`` one after another in this process, stopping cleanly on request.
 
     Once a stop is requested, the probes already running finish and are reported; the engine
@@ -183,30 +190,31 @@ def run_cohorts(engine: Engine, problem: Problem, cohorts: list[Cohort],
             return
         if on_cohort is not None:
             on_cohort(i)
-        if not _run_one(engine, problem, cohort, settings, keys, data, on_record, on_steps,
-                        stop_requested):
+        if not _run_one(engine, problem, cohort, settings, keys, data,
+                        Events(on_record, on_steps, on_note), stop_requested):
             return
 
 
 def _run_one(engine: Engine, problem: Problem, cohort: Cohort, settings: EngineSettings,
-             keys: dict[int, str], data: TensorData, on_record: RecordSink,
-             on_steps: StepSink, stop_requested: Callable[[], bool]) -> bool:
+             keys: dict[int, str], data: TensorData, events: Events,
+             stop_requested: Callable[[], bool]) -> bool:
     """Run one cohort; False when it was left early because a stop was requested."""
     reported_since_stop = False
 
     def record(rec: ProbeRecord) -> None:
         nonlocal reported_since_stop
-        on_record(rec)
+        events.record(rec)
         if stop_requested():
             reported_since_stop = True
 
     def steps(n: int) -> None:
         if reported_since_stop:
             raise StopScheduling
-        on_steps(n)
+        events.steps(n)
 
     try:
-        engine.run_cohort(problem, cohort, settings, keys, data, record, steps)
+        engine.run_cohort(problem, cohort, settings, keys, data,
+                          Events(record, steps, events.note))
     except StopScheduling:
         return False
     return True

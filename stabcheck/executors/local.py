@@ -12,7 +12,7 @@ the next one is abandoned at its first step report.
 
 from __future__ import annotations
 
-from stabcheck.engine import RecordSink, StepSink, get_engine
+from stabcheck.engine import RecordSink, StepSink
 from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
 from stabcheck.plan import Cohort
 
@@ -26,7 +26,6 @@ class LocalExecutor:
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` here until done or until ``control`` asks to stop."""
-        engine = job.engine_obj or get_engine(job.engine)
         warm_up()
-        run_cohorts(engine, job.problem, cohorts, job.settings, job.keys, job.data,
-                    on_record, on_steps, lambda: control.stop_requested)
+        run_cohorts(job.engine, job.problem, cohorts, job.settings, job.keys, job.data,
+                    on_record, on_steps, lambda: control.stop_requested, on_note=job.on_note)

@@ -20,7 +20,7 @@ Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent decide
 with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread everywhere), and
 are killed on every way out of :meth:`ProcessExecutor.run`.
 
-Engines that run a cohort's probes together (``concurrent = True``) have all of the
+Engines that run a cohort's probes together (``runs_cohort_together``) have all of the
 cohort's unfinished probes in flight at once; a hang or a crash is then charged to all of
 them. A sequential engine runs one at a time, so only that one is charged.
 """
@@ -42,8 +42,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from stabcheck.config import LoadedConfig
-from stabcheck.engine import EngineSettings, RecordSink, StepSink, get_engine
-from stabcheck.engine.sequential import describe_exception
+from stabcheck.engine import EngineSettings, EngineSpec, RecordSink, StepSink
+from stabcheck.engine.failures import describe_exception
 from stabcheck.errors import StabcheckError
 from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
 from stabcheck.plan import Cohort, ProbeSpec
@@ -61,7 +61,7 @@ class _Payload:
 
     loaded: LoadedConfig
     device: str
-    engine: str
+    engine: EngineSpec  # exactly the engine the parent chose, options included
     settings: EngineSettings
     keys: dict[int, str]
     cohorts: list[Cohort]
@@ -91,8 +91,7 @@ class ProcessExecutor:
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` in workers until done or until ``control`` asks to stop."""
-        engine = job.engine_obj or get_engine(job.engine)
-        concurrent = bool(getattr(engine, "concurrent", False))
+        concurrent = job.engine.runs_cohort_together
         ctx = multiprocessing.get_context("spawn")
         finished: set[int] = set()
 
@@ -107,12 +106,12 @@ class ProcessExecutor:
             if not todo:
                 return
             before = len(finished)
-            done = self._one_worker(ctx, job, engine.name, todo, concurrent, record, on_steps,
-                                    control)
+            done = self._one_worker(ctx, job, job.engine.spec, todo, concurrent, record,
+                                    on_steps, control)
             if done or len(finished) == before:
                 return  # the worker finished its list (or stopped) / made no progress
 
-    def _one_worker(self, ctx: Any, job: Job, engine_name: str, todo: list[Cohort],
+    def _one_worker(self, ctx: Any, job: Job, engine: EngineSpec, todo: list[Cohort],
                     concurrent: bool, on_record: RecordSink, on_steps: StepSink,
                     control: Interrupts) -> bool:
         """Run ``todo`` in one worker. True when it finished (or stopped on request); False
@@ -120,7 +119,7 @@ class ProcessExecutor:
         import torch
 
         payload = _Payload(loaded=job.loaded, device=str(job.problem.device),
-                           engine=engine_name, settings=job.settings, keys=job.keys,
+                           engine=engine, settings=job.settings, keys=job.keys,
                            cohorts=todo, num_threads=torch.get_num_threads(),
                            parent_pid=os.getpid())
         results_r, results_w = ctx.Pipe(duplex=False)
@@ -243,7 +242,7 @@ class ProcessExecutor:
 def _lost_record(job: Job, spec: ProbeSpec, outcome: str, elapsed: float, message: str,
                  kind: str = "Timeout") -> ProbeRecord:
     """The record of a probe whose worker was lost: no trace survives, only what happened."""
-    return ProbeRecord.for_probe(spec, job.keys[spec.index], job.settings.steps, job.engine,
+    return ProbeRecord.for_probe(spec, job.keys[spec.index], job.settings.steps, job.engine.name,
                                  outcome=outcome, wall_time_s=elapsed,
                                  error={"type": kind, "message": message, "where": None})
 
@@ -321,9 +320,7 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
     try:
         problem = build_problem(payload.loaded, device=torch.device(payload.device))
         data = problem.data.to(problem.device)
-        engine = get_engine(payload.engine)
-        if getattr(engine, "on_note", False) is None:  # engines that note run-time fallbacks
-            engine.on_note = lambda message: results.send(("note", message))  # type: ignore[attr-defined]
+        engine = payload.engine.build()
         warm_up()
     except Exception as exc:
         code = exc.exit_code if isinstance(exc, StabcheckError) else 3
@@ -349,7 +346,8 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
     try:
         run_cohorts(engine, problem, payload.cohorts, payload.settings, payload.keys, data,
                     on_record, lambda n: results.send(("steps", n)), stop_requested,
-                    on_cohort=lambda i: results.send(("start", i)))
+                    on_cohort=lambda i: results.send(("start", i)),
+                    on_note=lambda message: results.send(("note", message)))
     except Exception as exc:  # escaped the engine (a poisoned device, a bug): say what
         results.send(("crash", describe_exception(exc)))
         results.close()

@@ -122,7 +122,7 @@ def test_recommended_clip_is_the_90th_percentile_of_healthy_norms() -> None:
     assert d.summary["clipping"]["recommended_clip"] == overall
 
 
-def _layer_init(sizes: list[int], grads: list[float]) -> dict[int, dict]:  # type: ignore[type-arg]
+def _layer_init(sizes: list[int], grads: list[float]) -> dict[int, dict]:
     layers = [{"name": f"l{i}", "kind": "Linear", "size": s, "grad_norm": g,
                "weight_kurtosis": 0.0, "output_rms": 1.0}
               for i, (s, g) in enumerate(zip(sizes, grads, strict=True))]

@@ -9,7 +9,7 @@ from stabcheck.diagnose.sweep import batch_size_exponent
 from tests.diagnose.helpers import codes, decreasing, record, run
 
 
-def grid(outcomes: dict[tuple[int, float, int], str], n: int = 100) -> list:  # type: ignore[type-arg]
+def grid(outcomes: dict[tuple[int, float, int], str], n: int = 100) -> list:
     """Records for {(bs, lr, seed): 'ok' | 'nan' | 'flat' | float final loss}."""
     out = []
     for i, ((bs, lr, seed), kind) in enumerate(sorted(outcomes.items())):

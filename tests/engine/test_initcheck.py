@@ -11,13 +11,13 @@ from stabcheck.engine.initcheck import initial_checks
 from stabcheck.problem import build_problem
 
 
-def init_report(write_config, model_kwargs: dict, seed: int = 0) -> dict:  # type: ignore[no-untyped-def, type-arg]
+def init_report(write_config, model_kwargs: dict, seed: int = 0) -> dict:
     loaded = load_config(write_config({"model": {"builtin": "mlp", "kwargs": model_kwargs}}))
     problem = build_problem(loaded)
     return initial_checks(problem, seed, problem.data.to(problem.device))
 
 
-def test_report_shape_loss_and_gradients(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_report_shape_loss_and_gradients(write_config) -> None:
     report = init_report(write_config, {"in_features": 4, "hidden": [8, 8], "out_features": 3})
     assert report["num_classes"] == 3 and report["loss"] == "cross_entropy"
     assert report["initial_loss"] == pytest.approx(math.log(3), rel=0.3)
@@ -29,13 +29,13 @@ def test_report_shape_loss_and_gradients(write_config) -> None:  # type: ignore[
     assert all(-1.6 < x["weight_kurtosis"] < -0.8 for x in report["layers"])
 
 
-def test_heavy_tailed_init_has_large_kurtosis(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_heavy_tailed_init_has_large_kurtosis(write_config) -> None:
     report = init_report(write_config, {"in_features": 4, "hidden": [64, 64],
                                         "out_features": 3, "init": "heavy_tailed"})
     assert max(x["weight_kurtosis"] for x in report["layers"]) > 3
 
 
-def test_dead_relus_and_saturated_sigmoids(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_dead_relus_and_saturated_sigmoids(write_config, write_module) -> None:
     write_module("dead.py", """
         import torch
         from torch import nn
@@ -58,7 +58,7 @@ def test_dead_relus_and_saturated_sigmoids(write_config, write_module) -> None: 
         assert act["name"] == "1" and act[key] == pytest.approx(expected, abs=0.07)
 
 
-def test_user_model_that_fails_is_noted_not_fatal(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_user_model_that_fails_is_noted_not_fatal(write_config, write_module) -> None:
     write_module("bad.py", """
         from torch import nn
 

@@ -35,7 +35,7 @@ def build():
 
 
 def test_first_nan_module_is_the_log_of_a_negative_activation(write_config,
-                                                               write_module) -> None:  # type: ignore[no-untyped-def]
+                                                               write_module) -> None:
     write_module("lognet.py", LOG_MODEL)
     loaded = load_config(write_config({
         "model": {"builtin": None, "factory": "./lognet.py:build", "kwargs": {}},

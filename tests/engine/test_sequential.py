@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from stabcheck.config import load_config
+from stabcheck.engine import EngineSettings
 from stabcheck.engine.instruments import batch_order, warmup_factors
-from stabcheck.engine.sequential import EngineSettings, run_probe
+from stabcheck.engine.sequential import run_probe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import build_problem
 
@@ -33,7 +34,7 @@ def data(n=8):
 
 
 @pytest.fixture
-def scalar_config(write_config, write_module):  # type: ignore[no-untyped-def]
+def scalar_config(write_config, write_module):
     write_module("scalar.py", SCALAR_MODEL)
 
     def make(lr: float, steps: int = 12, **probe: object) -> object:
@@ -46,7 +47,7 @@ def scalar_config(write_config, write_module):  # type: ignore[no-untyped-def]
     return make
 
 
-def run(loaded, lr: float | None = None, seed: int = 0, bs: int | None = None):  # type: ignore[no-untyped-def]
+def run(loaded, lr: float | None = None, seed: int = 0, bs: int | None = None):
     problem = build_problem(loaded)
     cfg = loaded.config
     spec = ProbeSpec(batch_size=bs or cfg.sweep.batch_sizes[0],
@@ -54,7 +55,7 @@ def run(loaded, lr: float | None = None, seed: int = 0, bs: int | None = None): 
     return run_probe(problem, spec, EngineSettings.from_config(cfg.probe), "key")
 
 
-def test_same_seed_gives_identical_trace(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_gives_identical_trace(write_config) -> None:
     loaded = load_config(write_config())
     a, b = run(loaded, seed=3), run(loaded, seed=3)
     assert a.trace == b.trace and a.layer_grad_norms == b.layer_grad_norms
@@ -62,7 +63,7 @@ def test_same_seed_gives_identical_trace(write_config) -> None:  # type: ignore[
     assert c.trace["loss"] != a.trace["loss"]
 
 
-def test_divergence_is_recorded_at_the_exact_step(scalar_config) -> None:  # type: ignore[no-untyped-def]
+def test_divergence_is_recorded_at_the_exact_step(scalar_config) -> None:
     lr = 5000.5  # w_{t+1} = (1 - 2 lr) w_t = -10000 w_t: the loss w^2 grows 1e8 per step
     record = run(scalar_config(lr))
     # Ground truth: the same recurrence in float32, computed independently of the engine.
@@ -82,7 +83,7 @@ def test_divergence_is_recorded_at_the_exact_step(scalar_config) -> None:  # typ
     assert record.trace["loss"][expected] is None
 
 
-def test_stable_scalar_matches_closed_form(scalar_config) -> None:  # type: ignore[no-untyped-def]
+def test_stable_scalar_matches_closed_form(scalar_config) -> None:
     lr = 0.1  # w_t = 0.8^t, loss_t = 0.64^t, grad_t = 2 w_t, update ratio = 2 lr
     record = run(scalar_config(lr, steps=6))
     assert record.outcome == "completed" and record.steps_run == 6
@@ -95,7 +96,7 @@ def test_stable_scalar_matches_closed_form(scalar_config) -> None:  # type: igno
     assert record.layer_names == ["w"]
 
 
-def test_clipping_fires_exactly_when_the_norm_exceeds_the_threshold(scalar_config) -> None:  # type: ignore[no-untyped-def]
+def test_clipping_fires_exactly_when_the_norm_exceeds_the_threshold(scalar_config) -> None:
     # grad = 2 w_t; with clip 1.0 the step is lr * grad * min(1, 1 / (grad + 1e-6)), as in
     # torch.nn.utils.clip_grad_norm_. From w=1 at lr 0.1: w = 1, .9, .8, .7, .6 are clipped;
     # at w = .5 the grad is exactly 1.0, and the 1e-6 makes the coefficient just under 1, so
@@ -112,7 +113,7 @@ def test_clipping_fires_exactly_when_the_norm_exceeds_the_threshold(scalar_confi
     np.testing.assert_allclose(record.trace["grad_norm"][:3], [2.0, 1.8, 1.6], rtol=1e-5)
 
 
-def test_grad_norm_matches_torch_clip_grad_norm(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_grad_norm_matches_torch_clip_grad_norm(write_config) -> None:
     loaded = load_config(write_config({"probe": {"steps": 1}}))
     record = run(loaded, lr=0.1)
     problem = build_problem(loaded)
@@ -130,7 +131,7 @@ def test_grad_norm_matches_torch_clip_grad_norm(write_config) -> None:  # type: 
     assert record.layer_grad_norms[0][0] == pytest.approx(per_layer[0], rel=1e-5)
 
 
-def test_warmup_schedule_is_recorded(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_warmup_schedule_is_recorded(write_config) -> None:
     record = run(load_config(write_config({"probe": {"warmup_steps": 4, "steps": 6}})), lr=0.1)
     np.testing.assert_allclose(record.trace["lr"], [0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
     np.testing.assert_allclose(warmup_factors(3, 0).numpy(), [1, 1, 1])
@@ -146,7 +147,7 @@ def test_batch_order_reshuffles_each_epoch_and_drops_the_ragged_batch() -> None:
 
 
 def test_user_exception_is_recorded_with_frame_and_audit_goes_on(write_config,
-                                                                  write_module) -> None:  # type: ignore[no-untyped-def]
+                                                                  write_module) -> None:
     write_module("flaky.py", """
         import torch
         from torch import nn

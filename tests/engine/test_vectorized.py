@@ -9,6 +9,7 @@ clipping, timeouts, errors, cohort splitting, and every fallback with its one-li
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,9 @@ import torch
 
 from stabcheck.audit import AuditOptions, run_audit
 from stabcheck.config import load_config
-from stabcheck.engine import SequentialEngine
-from stabcheck.engine.sequential import EngineSettings
-from stabcheck.engine.vectorized import (
-    FallbackEngine,
-    VectorizedEngine,
-    max_members,
-    select_engine,
-)
+from stabcheck.engine import EngineSettings, Events
+from stabcheck.engine.sequential import SequentialEngine
+from stabcheck.engine.vectorized import VectorizedEngine, max_members, memory, select_engine
 from stabcheck.plan import make_cohorts, plan_probes
 from stabcheck.problem import Problem, build_problem
 from stabcheck.records import ProbeRecord
@@ -54,20 +50,21 @@ ADAM = {"name": "adam", "kwargs": {"betas": [0.9, 0.99], "weight_decay": 1e-3}}
 ADAMW = {"name": "adamw", "kwargs": {"weight_decay": 0.05}}
 
 
-def _problem(write_config, updates: dict[str, Any]) -> tuple[Problem, Any]:  # type: ignore[no-untyped-def]
+def _problem(write_config, updates: dict[str, Any]) -> tuple[Problem, Any]:
     loaded = load_config(write_config(updates))
     return build_problem(loaded), loaded.config
 
 
-def _run(engine: Any, problem: Problem, config: Any,
-         settings: EngineSettings | None = None) -> dict[int, ProbeRecord]:
+def _run(engine: Any, problem: Problem, config: Any, settings: EngineSettings | None = None,
+         on_note: Callable[[str], None] | None = None) -> dict[int, ProbeRecord]:
     settings = settings or EngineSettings.from_config(config.probe)
     probes = plan_probes(config)
     keys = {p.index: f"k{p.index}" for p in probes}
     data = problem.data.to(problem.device)
     records: list[ProbeRecord] = []
     for cohort in make_cohorts(probes):
-        engine.run_cohort(problem, cohort, settings, keys, data, records.append)
+        engine.run_cohort(problem, cohort, settings, keys, data, Events(records.append,
+                                                                        on_note=on_note))
     assert sorted(r.index for r in records) == [p.index for p in probes]
     return {r.index: r for r in records}
 
@@ -101,7 +98,7 @@ PROBE = {"steps": 50, "flush_every": 20, "device": "cpu"}
 
 @pytest.mark.parametrize("model", [MLP, CNN, TRANSFORMER], ids=["mlp", "cnn", "transformer"])
 @pytest.mark.parametrize("optimizer", [SGD, MOMENTUM, ADAM], ids=["sgd", "momentum", "adam"])
-def test_traces_match_sequential(write_config, model: dict[str, Any],  # type: ignore[no-untyped-def]
+def test_traces_match_sequential(write_config, model: dict[str, Any],
                                  optimizer: dict[str, Any]) -> None:
     # Learning rates well inside the stable range: near the edge of stability a trajectory is
     # chaotic and float32 rounding differences grow until only its statistics agree.
@@ -118,7 +115,7 @@ def test_traces_match_sequential(write_config, model: dict[str, Any],  # type: i
 
 
 @pytest.mark.parametrize("optimizer", [NESTEROV, ADAMW], ids=["nesterov", "adamw"])
-def test_more_optimizers_warmup_and_clipping_match(write_config,  # type: ignore[no-untyped-def]
+def test_more_optimizers_warmup_and_clipping_match(write_config,
                                                    optimizer: dict[str, Any]) -> None:
     lrs = [0.003, 0.03] if optimizer["name"] == "adamw" else [0.02, 0.1]
     problem, config = _problem(write_config, {
@@ -132,7 +129,7 @@ def test_more_optimizers_warmup_and_clipping_match(write_config,  # type: ignore
 
 
 @pytest.mark.parametrize("optimizer", [MOMENTUM, ADAM], ids=["momentum", "adam"])
-def test_curvature_tracking_matches_sequential(write_config,  # type: ignore[no-untyped-def]
+def test_curvature_tracking_matches_sequential(write_config,
                                                optimizer: dict[str, Any]) -> None:
     # Sharpness every 7 steps (so measurements fall between flushes and on one), a member
     # that diverges (its measurements stop where the sequential engine's do), and training
@@ -156,7 +153,7 @@ def test_curvature_tracking_matches_sequential(write_config,  # type: ignore[no-
             assert a.curvature["steps"] == [0, 7, 14, 21, 28]
         else:  # nothing measured on parameters past the first non-finite step
             assert a.curvature["steps"] and \
-                max(a.curvature["steps"]) <= a.first_nonfinite_step  # type: ignore[operator]
+                max(a.curvature["steps"]) <= a.first_nonfinite_step
         for key in ("sharpness", "preconditioned", "limit", "eos_ratio"):
             for x, y in zip(a.curvature[key], b.curvature[key], strict=True):
                 assert (x is None) == (y is None), f"{a.label}: {key}"
@@ -165,17 +162,17 @@ def test_curvature_tracking_matches_sequential(write_config,  # type: ignore[no-
         np.testing.assert_array_equal(b.series("loss"), untracked[index].series("loss"))
     # Adam's bounded steps make lr=50 run away without NaN; heavy-ball goes non-finite.
     assert any(r.outcome == "nonfinite" for r in vec.values()) == (optimizer["name"] != "adam")
-    assert any(r.curvature["preconditioned"][-1] is not None  # type: ignore[index]
+    assert any(r.curvature["preconditioned"][-1] is not None
                for r in vec.values()) == (optimizer["name"] == "adam")
 
 
-def test_vmap_grad_mode_matches_too(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_vmap_grad_mode_matches_too(write_config) -> None:
     problem, config = _problem(write_config, {"optimizer": MOMENTUM, "probe": PROBE})
     _assert_same(_run(SequentialEngine(), problem, config),
                  _run(VectorizedEngine(grad_mode="vmap_grad"), problem, config))
 
 
-def test_diverging_member_is_frozen_with_the_same_first_nonfinite_step(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_diverging_member_is_frozen_with_the_same_first_nonfinite_step(write_config) -> None:
     problem, config = _problem(write_config, {
         "optimizer": MOMENTUM, "probe": {**PROBE, "steps": 40, "flush_every": 7},
         "sweep": {"learning_rates": [0.05, 200.0], "seeds": [0, 1], "batch_sizes": [16]}})
@@ -207,7 +204,7 @@ HUGE_GRADIENT = """
 """
 
 
-def test_a_float32_norm_overflow_is_settled_by_the_exact_replay(  # type: ignore[no-untyped-def]
+def test_a_float32_norm_overflow_is_settled_by_the_exact_replay(
         write_config, write_module) -> None:
     write_module("huge.py", HUGE_GRADIENT)
     problem, config = _problem(write_config, {
@@ -224,7 +221,7 @@ def test_a_float32_norm_overflow_is_settled_by_the_exact_replay(  # type: ignore
                for r in vec.values())
 
 
-def test_timeout_marks_every_member(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_timeout_marks_every_member(write_config) -> None:
     problem, config = _problem(write_config, {"probe": {**PROBE, "steps": 400,
                                                         "timeout_s": 1e-6}})
     vec = _run(VectorizedEngine(), problem, config)
@@ -233,7 +230,8 @@ def test_timeout_marks_every_member(write_config) -> None:  # type: ignore[no-un
     assert all("timeout_s" in (r.error or {}).get("message", "") for r in vec.values())
 
 
-def test_cohorts_split_to_a_size_limit_give_the_same_records(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_cohorts_split_to_a_size_limit_give_the_same_records(
+        write_config, monkeypatch: pytest.MonkeyPatch) -> None:
     problem, config = _problem(write_config, {"probe": PROBE, "sweep": {
         "learning_rates": [0.01, 0.03, 0.1], "seeds": [0, 1], "batch_sizes": [16]}})
     whole = _run(VectorizedEngine(), problem, config)
@@ -241,11 +239,13 @@ def test_cohorts_split_to_a_size_limit_give_the_same_records(write_config) -> No
     for index, record in whole.items():
         assert split[index].trace["loss"] == pytest.approx(record.trace["loss"], rel=RTOL)
     settings = EngineSettings.from_config(config.probe)
-    fit = max_members(problem, settings, problem.data, plan_probes(config))
-    assert 1 <= fit <= 6
+    probes = plan_probes(config)
+    assert max_members(problem, settings, problem.data, probes) == 6  # a tiny MLP: all fit
+    monkeypatch.setattr(memory, "_available_host_bytes", lambda: 0)
+    assert max_members(problem, settings, problem.data, probes) == 1  # no room: one at a time
 
 
-def test_an_error_mid_run_reruns_the_cohort_sequentially(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_an_error_mid_run_reruns_the_cohort_sequentially(write_config, write_module) -> None:
     write_module("flaky.py", """
         from torch import nn
         class Flaky(nn.Linear):
@@ -261,9 +261,8 @@ def test_an_error_mid_run_reruns_the_cohort_sequentially(write_config, write_mod
     problem, config = _problem(write_config, {
         "model": {"builtin": None, "factory": "./flaky.py:build", "kwargs": {}},
         "probe": PROBE})
-    engine, notes = VectorizedEngine(), []
-    engine.on_note = notes.append  # the audit journals these, so the report shows them
-    records = _run(engine, problem, config)
+    notes: list[str] = []  # the audit journals these, so the report shows them
+    records = _run(VectorizedEngine(), problem, config, on_note=notes.append)
     assert len(notes) == 1 and "RuntimeError: transient failure" in notes[0]
     assert {r.engine for r in records.values()} == {"sequential"}
     assert {r.outcome for r in records.values()} == {"completed"}
@@ -317,7 +316,7 @@ CUSTOM_OPTIMIZER = """
 """
 
 
-def test_a_failing_record_sink_is_not_answered_with_a_rerun(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_record_sink_is_not_answered_with_a_rerun(write_config) -> None:
     problem, config = _problem(write_config, {"probe": PROBE})
 
     def sink(record: ProbeRecord) -> None:
@@ -327,7 +326,8 @@ def test_a_failing_record_sink_is_not_answered_with_a_rerun(write_config) -> Non
     with pytest.raises(OSError, match="disk full"):
         VectorizedEngine().run_cohort(problem, make_cohorts(probes)[0],
                                       EngineSettings.from_config(config.probe),
-                                      {p.index: "k" for p in probes}, problem.data, sink)
+                                      {p.index: "k" for p in probes}, problem.data,
+                                      Events(sink))
 
 
 @pytest.mark.parametrize("case,expect", [
@@ -346,7 +346,7 @@ def test_a_failing_record_sink_is_not_answered_with_a_rerun(write_config) -> Non
     ({"optimizer": {"name": "adam", "kwargs": {"amsgrad": True}}}, "amsgrad=True"),
 ], ids=["batchnorm", "control-flow", "unused-parameter", "cached-weight", "custom-optimizer",
         "rmsprop", "amsgrad"])
-def test_fallbacks_run_sequentially_with_a_one_line_note(  # type: ignore[no-untyped-def]
+def test_fallbacks_run_sequentially_with_a_one_line_note(
         write_config, write_module, tmp_path: Path, case: dict[str, Any], expect: str) -> None:
     write_module("branchy.py", DATA_DEPENDENT)
     write_module("myopt.py", CUSTOM_OPTIMIZER)
@@ -355,11 +355,12 @@ def test_fallbacks_run_sequentially_with_a_one_line_note(  # type: ignore[no-unt
     problem, config = _problem(write_config, {"probe": PROBE, **case})
     settings = EngineSettings.from_config(config.probe)
     engine, note = select_engine(problem, "auto", settings, problem.data, plan_probes(config))
-    assert isinstance(engine, FallbackEngine) and note is not None
+    assert isinstance(engine, SequentialEngine) and engine.fallback_reason is not None
+    assert note is not None and engine.note == note
     assert expect in note and "\n" not in note
     explicit, again = select_engine(problem, "vectorized", settings, problem.data,
                                     plan_probes(config))
-    assert isinstance(explicit, FallbackEngine) and again == note
+    assert isinstance(explicit, SequentialEngine) and explicit.note == again == note
     # End to end: the note reaches the report, and every probe ran sequentially.
     loaded = load_config(write_config({"probe": {**PROBE, "steps": 6}, **case}))
     result, _ = run_audit(loaded, AuditOptions(out_dir=tmp_path / "out"))
@@ -367,7 +368,7 @@ def test_fallbacks_run_sequentially_with_a_one_line_note(  # type: ignore[no-unt
     assert {p.record.engine for p in result.diagnosis.probes} == {"sequential"}
 
 
-def test_auto_picks_vectorized_and_audit_records_say_so(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_auto_picks_vectorized_and_audit_records_say_so(write_config, tmp_path: Path) -> None:
     loaded = load_config(write_config({"probe": {**PROBE, "steps": 8}}))
     problem = build_problem(loaded)
     settings = EngineSettings.from_config(loaded.config.probe)
@@ -381,7 +382,7 @@ def test_auto_picks_vectorized_and_audit_records_say_so(write_config, tmp_path: 
     assert not any("sequential engine used" in n for n in result.notes)
 
 
-def test_bfloat16_autocast_runs_and_stays_close(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_bfloat16_autocast_runs_and_stays_close(write_config) -> None:
     problem, config = _problem(write_config, {"optimizer": MOMENTUM,
                                               "probe": {**PROBE, "steps": 10,
                                                         "dtype": "bfloat16"}})
@@ -394,7 +395,7 @@ def test_bfloat16_autocast_runs_and_stays_close(write_config) -> None:  # type: 
 
 @pytest.mark.parametrize("optimizer", [MOMENTUM, ADAM], ids=["momentum", "adam"])
 @pytest.mark.parametrize("head_scale", [1.0, 300.0], ids=["no-overflow", "overflow"])
-def test_float16_loss_scaling_per_member_matches_gradscaler(  # type: ignore[no-untyped-def]
+def test_float16_loss_scaling_per_member_matches_gradscaler(
         write_config, optimizer: dict[str, Any], head_scale: float) -> None:
     # head_scale 300 makes the scaled fp16 backward overflow for the first steps, so each
     # member skips steps and halves its own scale, as torch.amp.GradScaler does per probe.
@@ -424,7 +425,7 @@ def test_float16_loss_scaling_per_member_matches_gradscaler(  # type: ignore[no-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_cuda_matches_sequential(write_config, dtype: str) -> None:  # type: ignore[no-untyped-def]
+def test_cuda_matches_sequential(write_config, dtype: str) -> None:
     problem, config = _problem(write_config, {
         **TRANSFORMER, "optimizer": ADAM,
         "probe": {**PROBE, "device": "cuda", "dtype": dtype},
@@ -444,7 +445,7 @@ def test_cuda_matches_sequential(write_config, dtype: str) -> None:  # type: ign
 
 
 @pytest.mark.parametrize("engine", ["sequential", "vectorized", "auto"])
-def test_cli_engine_option(write_config, tmp_path: Path, engine: str) -> None:  # type: ignore[no-untyped-def]
+def test_cli_engine_option(write_config, tmp_path: Path, engine: str) -> None:
     from click.testing import CliRunner
 
     from stabcheck.cli import cli
@@ -458,7 +459,7 @@ def test_cli_engine_option(write_config, tmp_path: Path, engine: str) -> None:  
     assert {p["engine"] for p in report["probes"]} == {expected}
 
 
-def test_cli_shows_the_fallback_note(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_shows_the_fallback_note(write_config, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from stabcheck.cli import cli

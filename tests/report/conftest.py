@@ -9,7 +9,7 @@ from stabcheck.config import load_config
 
 
 @pytest.fixture(scope="module")
-def runner_audit(tmp_path_factory):  # type: ignore[no-untyped-def]
+def runner_audit(tmp_path_factory):
     import yaml
 
     from tests.conftest import TINY, deep_update

@@ -29,7 +29,7 @@ def synthetic_result() -> AuditResult:
         for lr in (0.01, 0.1, 1.0):
             for seed in (0, 1):
                 loss = decreasing(120, seed=seed + 10 * index)
-                kwargs: dict = {}  # type: ignore[type-arg]
+                kwargs: dict = {}
                 if bs == 32 and lr == 0.1 and seed == 1:
                     loss[60] += 2.0  # a recovered spike: warning, unstable
                 if bs == 32 and lr == 1.0:

@@ -14,7 +14,7 @@ def test_sparkline_is_log_scaled_and_marks_nonfinite() -> None:
     assert line.endswith("×") and len(line) == 3
 
 
-def test_report_sections_from_a_real_audit(runner_audit) -> None:  # type: ignore[no-untyped-def]
+def test_report_sections_from_a_real_audit(runner_audit) -> None:
     result: AuditResult = runner_audit
     text = render(result)
     assert "Probe grid" in text and "✗" in text and "✓" in text

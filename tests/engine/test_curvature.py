@@ -18,6 +18,7 @@ from stabcheck.cli import cli
 from stabcheck.config import load_config
 from stabcheck.diagnose import Context
 from stabcheck.diagnose import curvature as diag
+from stabcheck.engine import EngineSettings
 from stabcheck.engine.curvature import (
     CurvatureTracker,
     init_curvature,
@@ -27,7 +28,7 @@ from stabcheck.engine.curvature import (
     spectral_norm,
     stability_rule,
 )
-from stabcheck.engine.sequential import EngineSettings, run_probe
+from stabcheck.engine.sequential import run_probe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import TensorData, _builtin_criterion, build_problem, make_loss_fn
 from stabcheck.records import ProbeRecord
@@ -71,7 +72,7 @@ def test_linear_regression_sharpness_within_2_percent() -> None:
     ({"name": "sgd", "kwargs": {}}, 2.0),                     # gradient descent: 2/lambda
     ({"name": "sgd", "kwargs": {"momentum": 0.9}}, 3.8),     # heavy ball: (2+2*beta)/lambda
 ])
-def test_gradient_descent_limit_on_exact_hessian(write_config, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_gradient_descent_limit_on_exact_hessian(write_config, tmp_path: Path,
                                                   optimizer: dict[str, Any],
                                                   constant: float) -> None:
     exact = exact_linear_sharpness()
@@ -84,9 +85,9 @@ def test_gradient_descent_limit_on_exact_hessian(write_config, tmp_path: Path,  
     by_lr = {p.record.lr: p for p in result.diagnosis.probes}
     healthy, beyond = by_lr[below], by_lr[above]
     assert healthy.status == "healthy", [f.message for f in healthy.findings]
-    assert beyond.status == "diverged" or any(f.code == "SC701" for f in beyond.findings)
+    assert beyond.status in ("diverged", "unstable")  # past the limit is never healthy
     assert any(f.code == "SC701" for f in beyond.findings)  # the ratio is measured, too
-    ratios = [r for r in beyond.record.curvature["eos_ratio"] if r is not None]  # type: ignore[index]
+    ratios = [r for r in beyond.record.curvature["eos_ratio"] if r is not None]
     assert ratios and ratios[0] == pytest.approx(1.1, rel=0.03)
     ceiling = result.diagnosis.summary["curvature"]["by_batch_size"][str(N)]
     assert ceiling["predicted_lr_ceiling"] == pytest.approx(boundary, rel=0.10)
@@ -108,7 +109,7 @@ def _flat_hessian(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tor
         logits = torch.func.functional_call(net, params, (x,))
         return torch.nn.functional.cross_entropy(logits, y)
 
-    return torch.autograd.functional.hessian(loss, flat)  # type: ignore[no-any-return]
+    return torch.autograd.functional.hessian(loss, flat)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
@@ -148,7 +149,7 @@ def test_noise_scale_within_25_percent_of_truth() -> None:
     assert 5 < truth < 100  # the problem is in the regime the two batch sizes resolve
 
     def loss_fn(m: torch.nn.Module, batch: Any) -> torch.Tensor:
-        return m(*batch)  # type: ignore[no-any-return]
+        return m(*batch)
 
     est = noise_scale(model, loss_fn, TensorData((x,)), 8, 256)
     assert est["b_simple"] == pytest.approx(truth, rel=0.25)
@@ -210,7 +211,7 @@ def build():
 """
 
 
-def test_tracking_leaves_the_loss_trace_unchanged(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_tracking_leaves_the_loss_trace_unchanged(write_config, write_module) -> None:
     write_module("noisy.py", NOISY_MODEL)  # dropout draws RNG, BatchNorm updates buffers
     loaded = load_config(write_config({
         "model": {"builtin": None, "factory": "./noisy.py:build", "kwargs": {}},
@@ -263,7 +264,7 @@ def test_every_builtin_model(model: Any, data: Any) -> None:
     assert all(p.grad is None for p in net.parameters())
 
 
-def test_init_curvature_and_diagnosis(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_init_curvature_and_diagnosis(write_config) -> None:
     loaded = load_config(write_config({"sweep": {"batch_sizes": [8, 32], "seeds": [0],
                                                  "learning_rates": [0.1]},
                                        "target_lr": 50.0}))
@@ -306,7 +307,7 @@ def test_probe_detectors_on_hand_made_records() -> None:
     assert diag.detect(rec, looser) == []
 
 
-def test_predict_only_cli(write_config, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_predict_only_cli(write_config, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = write_config({"sweep": {"batch_sizes": [16, 48], "learning_rates": [0.1],
                                      "seeds": [0, 1]}})
@@ -325,7 +326,7 @@ def test_predict_only_cli(write_config, tmp_path: Path, monkeypatch) -> None:  #
     assert refused.exit_code == 2 and "--png does not apply" in refused.stderr
 
 
-def test_predict_only_with_a_non_finite_model_is_one_line(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_predict_only_with_a_non_finite_model_is_one_line(write_config, write_module) -> None:
     write_module("nan.py", """
         import torch
         from torch import nn
@@ -338,11 +339,12 @@ def test_predict_only_with_a_non_finite_model_is_one_line(write_config, write_mo
     config = write_config({"model": {"builtin": None, "factory": "./nan.py:build", "kwargs": {}},
                            "optimizer": {"name": "adam", "kwargs": {}}})
     result = CliRunner().invoke(cli, ["audit", str(config), "--predict-only"])
-    assert result.exit_code in (0, 3), result.output
+    # No prediction is possible, and no probe ran to fail: a clean exit 0, not a crash (3).
+    assert result.exit_code == 0, result.output
     assert "internal error" not in result.output and "Traceback" not in result.output
 
 
-def test_benchmark_smoke(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_benchmark_smoke(capsys) -> None:
     from benchmarks.bench_curvature import main
 
     main(["--quick", "--models", "mlp", "--steps", "4", "--every", "2", "--threads", "1"])

@@ -1,0 +1,193 @@
+"""The vectorized engine: every probe of a cohort trained at once, as one ``vmap``-ed step.
+
+The loop follows the same schedule as the sequential engine
+(:class:`~stabcheck.engine.loop.Schedule`); at a flush, a member with a non-finite statistic
+is dropped from the stack (it is not stepped again) and its steps since the previous flush
+are replayed from a snapshot by the sequential engine (:mod:`.replay`), whose float64
+statistics decide the first non-finite step exactly as a sequential run would. A cohort that
+fails part-way is re-run sequentially (its unfinished probes only); one that runs out of
+memory is halved and retried.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from stabcheck.engine.base import EngineEvents, EngineSettings, EngineSpec
+from stabcheck.engine.failures import describe_exception, free_memory, is_oom
+from stabcheck.engine.instruments import first_nonfinite
+from stabcheck.engine.loop import Schedule, finish_record
+from stabcheck.engine.sequential import run_probe
+from stabcheck.engine.vectorized.memory import max_members
+from stabcheck.engine.vectorized.replay import CohortCurvature, finish_sequentially
+from stabcheck.engine.vectorized.stacked import GRAD_MODES, CohortRun
+from stabcheck.plan import Cohort, ProbeSpec, make_cohorts
+from stabcheck.problem import Problem, TensorData
+from stabcheck.records import ProbeRecord
+
+
+def _compile_requested() -> bool:
+    return os.environ.get("STABCHECK_COMPILE", "").strip().lower() in ("1", "true", "yes")
+
+
+class _SinkFailure(Exception):
+    """``events.record`` raised: re-raised as is, never answered with a sequential re-run."""
+
+
+@dataclass
+class _Guarded:
+    """The caller's events, remembering which probes were reported and keeping the caller's
+    own failures apart from the engine's."""
+
+    events: EngineEvents
+    done: set[int] = field(default_factory=set)
+
+    def record(self, record: ProbeRecord) -> None:
+        self.done.add(record.index)
+        try:
+            self.events.record(record)
+        except Exception as exc:  # the sink's own failure is not the engine's
+            raise _SinkFailure from exc
+
+    def steps(self, n: int) -> None:
+        self.events.steps(n)
+
+    def note(self, message: str) -> None:
+        self.events.note(message)
+
+
+class VectorizedEngine:
+    """Runs each cohort as one stacked, ``vmap``-ed training loop."""
+
+    name = "vectorized"
+    # All probes of a cohort are in flight at once (executors charge time limits per cohort).
+    runs_cohort_together = True
+
+    def __init__(self, grad_mode: str = "sum", compile_step: bool | None = None,
+                 max_cohort: int | None = None) -> None:
+        if grad_mode not in GRAD_MODES:
+            raise ValueError(f"unknown grad mode {grad_mode!r}; expected {GRAD_MODES}")
+        self.grad_mode = grad_mode
+        self.compile_step = _compile_requested() if compile_step is None else compile_step
+        self.max_cohort = max_cohort
+        self._fit: dict[int, int] = {}
+
+    @property
+    def spec(self) -> EngineSpec:
+        return EngineSpec(self.name, {"grad_mode": self.grad_mode,
+                                      "compile_step": self.compile_step,
+                                      "max_cohort": self.max_cohort})
+
+    def run_cohort(self, problem: Problem, cohort: Cohort, settings: EngineSettings,
+                   keys: dict[int, str], data: TensorData, events: EngineEvents) -> None:
+        """Run every probe of ``cohort``, in as many stacked groups as memory allows."""
+        size = self.max_cohort
+        if size is None:
+            if cohort.batch_size not in self._fit:
+                try:
+                    self._fit[cohort.batch_size] = max_members(problem, settings, data,
+                                                               cohort.probes)
+                except Exception:  # the estimate is advisory; the OOM path still guards
+                    self._fit[cohort.batch_size] = len(cohort.probes)
+            size = self._fit[cohort.batch_size]
+        for group in make_cohorts(list(cohort.probes), max_size=size):
+            self._run_group(problem, list(group.probes), settings, keys, data, events)
+
+    def _run_group(self, problem: Problem, probes: list[ProbeSpec], settings: EngineSettings,
+                   keys: dict[int, str], data: TensorData, events: EngineEvents) -> None:
+        guarded = _Guarded(events)
+        try:
+            _run_stacked(problem, probes, settings, keys, data, guarded, self.grad_mode,
+                         self.compile_step)
+            free_memory(problem.device)
+            return
+        except _SinkFailure as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
+        except Exception as exc:
+            failure = exc
+        rest = [p for p in probes if p.index not in guarded.done]
+        free_memory(problem.device)
+        if is_oom(failure) and len(rest) > 1:
+            half = len(rest) // 2
+            events.note(f"{len(rest)} probes at batch size {rest[0].batch_size} ran out of "
+                        "memory stacked together; running them in two halves")
+            for part in (rest[:half], rest[half:]):
+                self._run_group(problem, part, settings, keys, data, events)
+            return
+        info = describe_exception(failure)
+        note = (f"vectorized engine failed ({info['type']}: {info['message'][:120]}); "
+                "probe re-run with the sequential engine")
+        events.note(f"{len(rest)} probe(s) at batch size {rest[0].batch_size}: {note}")
+        for spec in rest:
+            record = run_probe(problem, spec, settings, keys[spec.index], data, events)
+            record.notes.append(note)
+            events.record(record)
+
+
+def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSettings,
+                 keys: dict[int, str], data: TensorData, events: EngineEvents,
+                 grad_mode: str, compile_step: bool) -> None:
+    """The hot loop of one stacked group. Raises on failure; reported records stay so."""
+    schedule = Schedule(settings)
+    run = CohortRun(problem, probes, settings, data, grad_mode, compile_step)
+    names = list(run.layout.layers.names)
+    records = [ProbeRecord.for_probe(s, keys[s.index], settings.steps, "vectorized",
+                                     layer_names=list(names)) for s in probes]
+    for record, bound in zip(records, run.lipschitz(), strict=True):
+        record.curvature = {"lipschitz_init": bound, "lipschitz_final": None}
+    curvature = CohortCurvature(run) if settings.curvature_every else None
+    if curvature is not None:
+        curvature.measure(0)  # sharpness at init, before any step
+    share = 1.0 / len(probes)  # wall time is shared: each member is charged its fraction
+    snap = run.snapshot()
+    timed_out = False
+
+    t = 0
+    while t < settings.steps and run.members:
+        run.step(t)
+        t += 1
+        timed_out = timed_out or schedule.past_deadline()
+        if not schedule.flush_due(t) and not timed_out:
+            # As in the sequential engine, a measurement needs no flush before it.
+            if curvature is not None and schedule.curvature_due(t):
+                curvature.measure(t)
+            continue
+        lo = run.buffer.flushed
+        run.buffer.flush(t)
+        events.steps((t - lo) * len(run.members))
+        keep: list[int] = []
+        for pos, member in enumerate(run.members):
+            if first_nonfinite(run.buffer.host_stats[member, lo:t]) is None:
+                keep.append(pos)
+                continue
+            # Replay this member from the last flush with the sequential engine: its float64
+            # statistics decide whether and where it went non-finite, and name the module.
+            probe = run.sequential_probe(snap, member)
+            head = (run.buffer.host_stats[member], run.buffer.host_layers[member])
+            if curvature is not None:
+                records[member].curvature = curvature.record(member, None) or \
+                    records[member].curvature
+            finish_sequentially(probe, records[member], head, snap["step"], schedule, events,
+                                share)
+            del probe
+        if len(keep) < len(run.members):
+            run.keep(keep)
+        if timed_out:
+            break
+        snap = run.snapshot()
+        if curvature is not None and schedule.curvature_due(t) and run.members:
+            curvature.measure(t)
+    finals = run.lipschitz() if run.members else []
+    timeout = schedule.timeout_message("cohort", t - 1) \
+        if timed_out and t < settings.steps else None
+    for pos, member in enumerate(list(run.members)):
+        record = records[member]
+        tracked = curvature.record(member, finals[pos]) if curvature is not None else None
+        if tracked is not None:
+            record.curvature = tracked
+        elif record.curvature is not None:
+            record.curvature["lipschitz_final"] = finals[pos]
+        events.record(finish_record(record, run.buffer.host_stats[member],
+                                    run.buffer.host_layers[member], t,
+                                    schedule.elapsed() * share, timeout))
