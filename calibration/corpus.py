@@ -83,8 +83,10 @@ def audit(path: Path, rerun: bool = False) -> Any:
         out.mkdir(parents=True, exist_ok=True)
         journal.write_bytes(gzip.decompress(recorded.read_bytes()))
     if rerun or not journal.exists():
+        # The sequential engine: the reference whose trajectory the plain loop reproduces
+        # (the vectorized one departs from it on some models; see README "Same trajectory").
         run_audit(load_config(path), AuditOptions(out_dir=out, overwrite=True,
-                                                 executor="local"))
+                                                 executor="local", engine="sequential"))
     contents: JournalContents = read_journal(out)
     return build_result(contents)
 
