@@ -14,21 +14,24 @@ import gzip
 import hashlib
 import json
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
+HOLDOUT = HERE / "holdout"  # never used to set a threshold: checks the defaults generalise
 LABELS = HERE / "labels.json"
 CACHE = HERE / ".cache"
 RECORDS = HERE / "records"
 FAST = ("gru-rmsprop", "lstm-sgd-nesterov", "gru-adam-safe")
 
 
-def config_paths(names: list[str] | None = None, fast: bool = False) -> list[Path]:
-    """The corpus configs (all, the named ones, or the fast CI slice)."""
-    paths = sorted(CONFIGS.glob("*.yaml"))
+def config_paths(names: list[str] | None = None, fast: bool = False,
+                 holdout: bool = False) -> list[Path]:
+    """The corpus configs (all, the named ones, or the fast CI slice), or the hold-out set."""
+    paths = sorted((HOLDOUT if holdout else CONFIGS).glob("*.yaml"))
     wanted = set(names or (FAST if fast else ()))
     if wanted:
         unknown = wanted - {p.stem for p in paths}
@@ -37,6 +40,11 @@ def config_paths(names: list[str] | None = None, fast: bool = False) -> list[Pat
                              f"{', '.join(p.stem for p in paths)}")
         paths = [p for p in paths if p.stem in wanted]
     return paths
+
+
+def name(path: Path) -> str:
+    """A config's name in tables and caches (hold-out configs are prefixed)."""
+    return f"holdout-{path.stem}" if path.parent.name == HOLDOUT.name else path.stem
 
 
 def digest(path: Path) -> str:
@@ -50,52 +58,67 @@ def digest(path: Path) -> str:
 
 def truth(path: Path, refresh: bool = False) -> list[dict[str, Any]]:
     """Plain-loop probes of one config, labelled; cached in ``labels.json``."""
+    cache: dict[str, Any] = json.loads(LABELS.read_text()) if LABELS.exists() else {}
+    key = digest(path)
+    entry = cache.get(name(path))
+    if entry and entry.get("digest") == key and not refresh:
+        return list(entry["probes"])
+    probes = labelled(path)
+    cache[name(path)] = {"digest": key, "probes": probes}
+    LABELS.write_text(json.dumps(cache, indent=None, sort_keys=True) + "\n")
+    return probes
+
+
+def labelled(path: Path) -> list[dict[str, Any]]:
+    """Train one config's probes with the plain loop and label them (no cache)."""
     from calibration import plain
     from calibration.labels import label
 
-    cache: dict[str, Any] = json.loads(LABELS.read_text()) if LABELS.exists() else {}
-    key = digest(path)
-    entry = cache.get(path.stem)
-    if entry and entry.get("digest") == key and not refresh:
-        return list(entry["probes"])
     probes = plain.run(path)
     for p in probes:
         p["label"], measures = label(p["losses"])
         p.update({k: None if v is None or not math.isfinite(v) else float(f"{v:.6g}")
                   for k, v in measures.items()})
         p["losses"] = [None if v is None else float(f"{v:.6g}") for v in p["losses"]]
-    cache[path.stem] = {"digest": key, "probes": probes}
-    LABELS.write_text(json.dumps(cache, indent=None, sort_keys=True) + "\n")
     return probes
 
 
-def audit(path: Path, rerun: bool = False) -> Any:
+def audit(path: Path, rerun: bool = False, thresholds: dict[str, Any] | None = None,
+          out: Path | None = None) -> Any:
     """stabcheck's result for one config: audited once, re-diagnosed from the journal."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
     from stabcheck.journal import JOURNAL_NAME, JournalContents, read_journal
     from stabcheck.result import build_result
 
-    out = CACHE / path.stem
-    recorded = RECORDS / f"{path.stem}.jsonl.gz"
+    out = out or CACHE / name(path)
+    recorded = RECORDS / f"{name(path)}.jsonl.gz"
     journal = out / JOURNAL_NAME
     if not journal.exists() and recorded.exists() and not rerun:
-        out.mkdir(parents=True, exist_ok=True)
-        journal.write_bytes(gzip.decompress(recorded.read_bytes()))
-    if rerun or not journal.exists():
-        # The sequential engine: the reference whose trajectory the plain loop reproduces
-        # (the vectorized one departs from it on some models; see README "Same trajectory").
-        run_audit(load_config(path), AuditOptions(out_dir=out, overwrite=True,
-                                                 executor="local", engine="sequential"))
-    contents: JournalContents = read_journal(out)
-    return build_result(contents)
+        with tempfile.TemporaryDirectory() as tmp:  # the recorded journal, read in place
+            (Path(tmp) / JOURNAL_NAME).write_bytes(gzip.decompress(recorded.read_bytes()))
+            contents: JournalContents = read_journal(Path(tmp))
+    else:
+        if rerun or not journal.exists():
+            # The sequential engine: the reference whose trajectory the plain loop
+            # reproduces (the vectorized one departs from it on some models; README).
+            run_audit(load_config(path), AuditOptions(out_dir=out, overwrite=True,
+                                                     executor="local", engine="sequential"))
+        contents = read_journal(out)
+    if not thresholds:
+        return build_result(contents)
+    from stabcheck.thresholds import Thresholds
+
+    configured = dict(contents.header["config"].get("thresholds") or {})
+    return build_result(contents, thresholds=Thresholds.model_validate(
+        {**configured, **thresholds}))
 
 
 def record(path: Path) -> Path:
     """Keep one config's journal, gzipped, under ``records/`` (the recorded real traces)."""
     RECORDS.mkdir(exist_ok=True)
-    target = RECORDS / f"{path.stem}.jsonl.gz"
-    target.write_bytes(gzip.compress((CACHE / path.stem / "probes.jsonl").read_bytes(),
+    target = RECORDS / f"{name(path)}.jsonl.gz"
+    target.write_bytes(gzip.compress((CACHE / name(path) / "probes.jsonl").read_bytes(),
                                      mtime=0))
     return target
 
@@ -119,13 +142,17 @@ class ModelScore:
                    if t == truth and (status is None or s == status))
 
 
-def score(path: Path, refresh: bool = False, rerun: bool = False) -> ModelScore:
-    """Compare one config's stabcheck verdicts with its plain-loop labels."""
-    probes = truth(path, refresh)
-    result = audit(path, rerun)
+def score(path: Path, refresh: bool = False, rerun: bool = False,
+          thresholds: dict[str, Any] | None = None, live: Path | None = None) -> ModelScore:
+    """Compare one config's stabcheck verdicts with its plain-loop labels. ``live``: train
+    both from scratch, with stabcheck's results under that directory, and no cache."""
+    if live is not None:
+        probes, result = labelled(path), audit(path, rerun=True, out=live)
+    else:
+        probes, result = truth(path, refresh), audit(path, rerun, thresholds)
     by_point = {(p.record.batch_size, p.record.lr, p.record.seed): p
                 for p in result.diagnosis.probes}
-    s = ModelScore(path.stem)
+    s = ModelScore(name(path))
     diffs = []
     for t in probes:
         p = by_point[(t["batch_size"], t["lr"], t["seed"])]
@@ -191,3 +218,45 @@ def details(scores: list[ModelScore]) -> str:
         out += [f"  MISS  {m}" for m in s.misses]
         out += [f"  ALARM {a}" for a in s.alarms]
     return "\n".join(out)
+
+
+# One threshold at a time moved back to its old value or to a neighbour: the evidence that
+# each default is where the corpus puts it (README "Thresholds and their evidence").
+ABLATIONS: list[tuple[str, dict[str, Any]]] = [
+    ("defaults", {}),
+    ("divergence_factor=4 (fastai)", {"divergence_factor": 4.0}),
+    ("divergence_factor=2", {"divergence_factor": 2.0}),
+    ("blowup_factor=3", {"blowup_factor": 3.0}),
+    ("blowup_factor=off", {"blowup_factor": 1e30}),
+    ("progress_fraction=0.05", {"progress_fraction": 0.05}),
+    ("progress_fraction=0.2", {"progress_fraction": 0.2}),
+    ("spike_noise_steps=0 (old)", {"spike_noise_steps": 0}),
+    ("spike_noise_steps=2", {"spike_noise_steps": 2}),
+    ("grad_spike_fraction=0.05", {"grad_spike_fraction": 0.05}),
+    ("grad_spike_fraction=1 (never)", {"grad_spike_fraction": 1.0}),
+    ("adaptive_early_steps=0", {"adaptive_early_steps": 0}),
+    ("grad_spike_response_steps=0", {"grad_spike_response_steps": 0}),
+]
+
+
+def totals(scores: list[ModelScore]) -> tuple[int, int, int, int, int, int]:
+    """(diverged flagged, diverged, healthy kept, healthy, gate right, models)."""
+    d = sum(s.n("diverged") for s in scores)
+    f = sum(s.n("diverged", "diverged") + s.n("diverged", "unstable") for s in scores)
+    h = sum(s.n("healthy") for s in scores)
+    k = sum(s.n("healthy", "healthy") for s in scores)
+    g = sum(s.exit_code == s.expected_exit for s in scores)
+    return f, d, k, h, g, len(scores)
+
+
+def ablate(paths: list[Path]) -> str:
+    """The corpus totals under each of :data:`ABLATIONS`."""
+    lines = [f"{'thresholds':<32} {'diverged flagged':>16} {'as diverged':>11} "
+             f"{'false alarms':>13} {'gate right':>10}"]
+    for label, change in ABLATIONS:
+        scores = [score(p, thresholds=change) for p in paths]
+        f, d, k, h, g, m = totals(scores)
+        a = sum(s.n("diverged", "diverged") for s in scores)
+        lines.append(f"{label:<32} {f:>10}/{d:<5} {a:>7}/{d:<3} {h - k:>7}/{h:<5} "
+                     f"{g:>6}/{m}")
+    return "\n".join(lines)
