@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,8 @@ class ModelScore:
     alarms: list[str] = field(default_factory=list)
     stable_truth: dict[int, float | None] = field(default_factory=dict)
     reported: dict[str, Any] = field(default_factory=dict)
+    plain_s: float = 0.0
+    audit_s: float = 0.0
 
     def n(self, truth: str, status: str | None = None) -> int:
         return sum(v for (t, s), v in self.counts.items()
@@ -146,13 +149,18 @@ def score(path: Path, refresh: bool = False, rerun: bool = False,
           thresholds: dict[str, Any] | None = None, live: Path | None = None) -> ModelScore:
     """Compare one config's stabcheck verdicts with its plain-loop labels. ``live``: train
     both from scratch, with stabcheck's results under that directory, and no cache."""
+    plain_s = audit_s = 0.0
     if live is not None:
-        probes, result = labelled(path), audit(path, rerun=True, out=live)
+        started = time.perf_counter()
+        probes = labelled(path)
+        plain_s = time.perf_counter() - started
+        result = audit(path, rerun=True, out=live)
+        audit_s = time.perf_counter() - started - plain_s
     else:
         probes, result = truth(path, refresh), audit(path, rerun, thresholds)
     by_point = {(p.record.batch_size, p.record.lr, p.record.seed): p
                 for p in result.diagnosis.probes}
-    s = ModelScore(name(path))
+    s = ModelScore(name(path), plain_s=plain_s, audit_s=audit_s)
     diffs = []
     for t in probes:
         p = by_point[(t["batch_size"], t["lr"], t["seed"])]
