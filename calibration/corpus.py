@@ -234,6 +234,8 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("defaults", {}),
     ("divergence_factor=4 (fastai)", {"divergence_factor": 4.0}),
     ("divergence_factor=2", {"divergence_factor": 2.0}),
+    ("divergence_noise_sigma=0", {"divergence_noise_sigma": 0.0}),
+    ("divergence_noise_sigma=4", {"divergence_noise_sigma": 4.0}),
     ("blowup_factor=3", {"blowup_factor": 3.0}),
     ("blowup_factor=off", {"blowup_factor": 1e30}),
     ("progress_fraction=0.05", {"progress_fraction": 0.05}),

@@ -63,6 +63,11 @@ class Thresholds(BaseModel):
     divergence_floor: float = Field(0.1, ge=0, description="... and must end above the best by "
                                     "at least this fraction of the initial loss, so noise on a "
                                     "loss trained to nearly zero is no runaway (stabcheck).")
+    divergence_noise_sigma: float = Field(2.0, ge=0, description="a loss that ends above the "
+                                          "initial loss has diverged only when it ends above "
+                                          "it by more than this many robust standard "
+                                          "deviations of one step's loss (the initial loss is "
+                                          "one batch's; stabcheck).")
     blowup_factor: float = Field(2.0, gt=1, description="a step whose loss exceeds this "
                                  "multiple of the initial loss is a transient blow-up, even "
                                  "when the probe recovers (stabcheck: 2x, the rise at which a "

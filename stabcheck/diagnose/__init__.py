@@ -88,12 +88,35 @@ def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
 ProbeDetector = Callable[[ProbeRecord, Context], list[Finding]]
 SweepAnalysis = Callable[[list[ProbeDiagnosis], Context], tuple[dict[str, Any], list[Finding]]]
 
-PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, spikes.detect, dynamics.detect,
-                                         gradients.detect, clipping.detect, curvature.detect,
-                                         execution.detect]
-SWEEP_ANALYSES: list[SweepAnalysis] = [numerics.analyse, sweep.analyse, clipping.analyse,
-                                       gradients.analyse,
-                                       init.analyse, curvature.analyse, execution.analyse]
+
+@dataclass(frozen=True)
+class Family:
+    """One detector family: its codes' prefix, its per-probe detector and its sweep analysis
+    (either may be absent). What each code means for the status, the plots and the report
+    lives in the code's registry entry (:class:`stabcheck.findings.CodeInfo`)."""
+
+    name: str
+    prefix: str
+    detect: ProbeDetector | None = None
+    analyse: SweepAnalysis | None = None
+
+
+# Every detector family, in the order detectors and analyses run. Sweep analyses run in this
+# order too: numerics first (causes the learning rate cannot fix), the sweep before the
+# families whose summaries use its statuses.
+FAMILIES: tuple[Family, ...] = (
+    Family("numerics", "SC1", numerics.detect, numerics.analyse),
+    Family("loss spikes", "SC2", spikes.detect),
+    Family("loss dynamics", "SC2", dynamics.detect),
+    Family("gradients", "SC3", gradients.detect, gradients.analyse),
+    Family("clipping", "SC4", clipping.detect, clipping.analyse),
+    Family("sweep", "SC5", None, sweep.analyse),
+    Family("initialisation", "SC6", None, init.analyse),
+    Family("curvature", "SC7", curvature.detect, curvature.analyse),
+    Family("execution", "SC8", execution.detect, execution.analyse),
+)
+PROBE_DETECTORS: list[ProbeDetector] = [f.detect for f in FAMILIES if f.detect is not None]
+SWEEP_ANALYSES: list[SweepAnalysis] = [f.analyse for f in FAMILIES if f.analyse is not None]
 
 
 def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:

@@ -83,7 +83,8 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
         return []
     loss = record.series("loss")
     th = ctx.thresholds
-    if diverged_without_nan(loss, th.divergence_factor, th.divergence_floor)[0]:
+    if diverged_without_nan(loss, th.divergence_factor, th.divergence_floor,
+                            th.divergence_noise_sigma)[0]:
         return []  # already SC102; stagnation or oscillation would only repeat it
     findings: list[Finding] = []
     decrease = relative_decrease(loss)

@@ -47,7 +47,8 @@ register(CodeInfo(
     code="SC102", name="diverged-finite", title="Loss diverged without NaN",
     severity=Severity.ERROR, family="numerics", status="diverged",
     explanation=(
-        "The loss stayed finite but ran away: it ended above the loss at init, or far above "
+        "The loss stayed finite but ran away: it ended above the loss at init (by more than "
+        "the step-to-step noise of the curve), or far above "
         "the best (running-median) loss the probe had reached. The optimizer moved the "
         "weights to a worse region and stayed there (a saturated softmax, dead units, or an "
         "oscillation that grew until something saturated). This is divergence even though no "
@@ -59,7 +60,8 @@ register(CodeInfo(
            "small real models every plain-loop runaway ended more than 3x above its best, no "
            "healthy probe more than 1.3x.",
     recommendation="Treat this LR as past the stability boundary: lower it, or add warmup.",
-    thresholds=("divergence_factor", "divergence_floor"), config_key="sweep.learning_rates",
+    thresholds=("divergence_factor", "divergence_floor", "divergence_noise_sigma"),
+    config_key="sweep.learning_rates",
     plots=("loss",),
 ))
 
@@ -90,15 +92,26 @@ def best_loss(loss: np.ndarray, width: int = SMOOTH_STEPS) -> float:
     return float(np.median(windows, axis=1).min())
 
 
-def runaway(loss: np.ndarray, factor: float, floor: float) -> tuple[str, float] | None:
+def step_noise(loss: np.ndarray) -> float:
+    """A robust standard deviation of one step's loss around its trend: 1.4826 x the MAD of
+    the step-to-step changes, over sqrt(2) (a change is the difference of two steps)."""
+    d = np.diff(loss[np.isfinite(loss)])
+    if d.size < 2:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+
+
+def runaway(loss: np.ndarray, factor: float, floor: float, noise_sigma: float = 2.0
+            ) -> tuple[str, float] | None:
     """How a finite loss ran away, if it did: ``("start", end/start)`` when it ended above
-    the loss at init, ``("best", end/best)`` when it ended more than ``factor`` times above
-    the best it reached (and by more than ``floor`` times the starting loss, so that noise
-    on a loss trained to nearly zero is no runaway)."""
+    the loss at init by more than ``noise_sigma`` x the step noise (one batch's loss is a
+    noisy start), ``("best", end/best)`` when it ended more than ``factor`` times above the
+    best it reached (and by more than ``floor`` times the starting loss, so that noise on a
+    loss trained to nearly zero is no runaway)."""
     start, end, best = start_loss(loss), end_loss(loss), best_loss(loss)
     if not (np.isfinite(start) and np.isfinite(end)):
         return None
-    if end > start:
+    if end - start > noise_sigma * step_noise(loss):
         return "start", end / start if start > 0 else float("inf")
     if np.isfinite(best) and best > 0 and end > factor * best \
             and end - best > floor * abs(start):
@@ -106,10 +119,10 @@ def runaway(loss: np.ndarray, factor: float, floor: float) -> tuple[str, float] 
     return None
 
 
-def diverged_without_nan(loss: np.ndarray, factor: float, floor: float = 0.1
-                         ) -> tuple[bool, float]:
+def diverged_without_nan(loss: np.ndarray, factor: float, floor: float = 0.1,
+                         noise_sigma: float = 2.0) -> tuple[bool, float]:
     """Whether the finite loss ran away (:func:`runaway`), and the ratio that shows it."""
-    found = runaway(loss, factor, floor)
+    found = runaway(loss, factor, floor, noise_sigma)
     return (found is not None, found[1] if found else float("nan"))
 
 
@@ -129,7 +142,7 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     if record.outcome != "completed":
         return []
     loss = record.series("loss")
-    found = runaway(loss, th.divergence_factor, th.divergence_floor)
+    found = runaway(loss, th.divergence_factor, th.divergence_floor, th.divergence_noise_sigma)
     if found is None:
         return []
     how, ratio = found

@@ -103,7 +103,8 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
         return []
     th = ctx.thresholds
     diverged = record.outcome == "nonfinite" or diverged_without_nan(
-        record.series("loss"), th.divergence_factor, th.divergence_floor)[0]
+        record.series("loss"), th.divergence_factor, th.divergence_floor,
+                            th.divergence_noise_sigma)[0]
     findings: list[Finding] = []
     if not diverged:
         found = blowup(record, ctx)
