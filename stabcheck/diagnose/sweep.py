@@ -308,8 +308,11 @@ def attribute_causes(findings: list[Finding]) -> None:
 
 def recommendations(summary: dict[str, Any], findings: list[Finding],
                     probes: list[ProbeDiagnosis], ctx: Context) -> list[dict[str, Any]]:
-    """What to set for the real run, from the whole diagnosis: LR, clip threshold, warmup."""
+    """What to set for the real run, from the whole diagnosis: LR, clip threshold, warmup.
+    None while a finding names a cause the learning rate cannot fix (SC104, SC105)."""
     out: list[dict[str, Any]] = []
+    if any(f.code in NOT_LR_CAUSES for f in findings):
+        return out
     margin = ctx.thresholds.stability_margin
     found = summary.get("boundary_found") or {}
     diverging = summary.get("min_diverging_lr") or {}
@@ -337,8 +340,6 @@ def recommendations(summary: dict[str, Any], findings: list[Finding],
                     and f.severity.rank >= Severity.WARNING.rank
                     for s in f.steps if s < early_limit})
     warmup = int((ctx.config.get("probe") or {}).get("warmup_steps") or 0)
-    if any(f.code in NOT_LR_CAUSES for f in findings):
-        return out  # no learning-rate or warmup advice for a failure they cannot fix
     if early:
         suggested = max(10, 2 * early[-1])
         out.append({"what": "warmup_steps", "value": suggested,
