@@ -244,6 +244,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("spike_noise_steps=2", {"spike_noise_steps": 2}),
     ("grad_spike_fraction=0.05", {"grad_spike_fraction": 0.05}),
     ("grad_spike_fraction=1 (never)", {"grad_spike_fraction": 1.0}),
+    ("grad_spike_fraction~0 (all warn)", {"grad_spike_fraction": 1e-9}),
     ("adaptive_early_steps=0", {"adaptive_early_steps": 0}),
     ("grad_spike_response_steps=0", {"grad_spike_response_steps": 0}),
 ]
