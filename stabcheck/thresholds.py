@@ -43,7 +43,7 @@ class Thresholds(BaseModel):
                                       "(stabcheck).")
     grad_spike_response_steps: int = Field(3, ge=0, description="a gradient-norm spike is a "
                                            "warning when the loss spikes within this many "
-                                           "steps after it (stabcheck, calibration corpus).")
+                                           "steps after it (stabcheck).")
     grad_spike_fraction: float = Field(0.1, gt=0, le=1, description="... or when more than "
                                        "this fraction of the probe's steps are gradient-norm "
                                        "spikes after the early steps (stabcheck: 10%, twice "
@@ -52,8 +52,7 @@ class Thresholds(BaseModel):
     adaptive_early_steps: int = Field(10, ge=0, description="with Adam, AdamW or RMSprop, "
                                       "gradient-norm spikes in the first max(this, "
                                       "warmup_steps) steps are expected while the "
-                                      "second-moment estimate settles (stabcheck, "
-                                      "calibration corpus).")
+                                      "second-moment estimate settles (stabcheck).")
     # --- divergence (fastai's LR finder stops once the loss passes 4x its best) ---
     divergence_factor: float = Field(3.0, gt=1, description="a finite loss whose final value "
                                      "(median of the last steps) ends above this multiple of "

@@ -56,9 +56,11 @@ register(CodeInfo(
     source="fastai's learning-rate finder stops once the loss exceeds 4x its best value "
            "(Smith 2017, 'Cyclical Learning Rates'; fastai LRFinder stop_div). stabcheck "
            "compares the median of the last steps with the best 5-step running median, and "
-           "sets the factor to 3 from its calibration corpus (calibration/README.md): on 12 "
-           "small real models every plain-loop runaway ended more than 3x above its best, no "
-           "healthy probe more than 1.3x.",
+           "uses 3, the figure of its calibration corpus's labelling rule (calibration/): there "
+           "3 and 4 both flag every runaway and 2 raises a false alarm on a healthy ViT "
+           "(AdamW, lr 0.03) that ended 2-3x above its best; divergence_floor guards near-zero losses. "
+           "'Ended above its initial loss' is also the labelling rule's, with the initial loss "
+           "one batch's and so a margin of the curve's step noise.",
     recommendation="Treat this LR as past the stability boundary: lower it, or add warmup.",
     thresholds=("divergence_factor", "divergence_floor", "divergence_noise_sigma"),
     config_key="sweep.learning_rates",
