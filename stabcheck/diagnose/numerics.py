@@ -58,7 +58,8 @@ register(CodeInfo(
            "compares the median of the last steps with the best 5-step running median, and "
            "uses 3, the figure of its calibration corpus's labelling rule (calibration/): there "
            "3 and 4 both flag every runaway and 2 raises a false alarm on a healthy ViT "
-           "(AdamW, lr 0.03) that ended 2-3x above its best; divergence_floor guards near-zero losses. "
+           "(AdamW, lr 0.03) that ended 2-3x above its best; divergence_floor guards "
+           "near-zero losses. "
            "'Ended above its initial loss' is also the labelling rule's, with the initial loss "
            "one batch's and so a margin of the curve's step noise.",
     recommendation="Treat this LR as past the stability boundary: lower it, or add warmup.",
