@@ -42,6 +42,16 @@ class CodeInfo:
     recommendation: str
     thresholds: tuple[str, ...] = ()
     config_key: str | None = None
+    # What the code means for a probe's status: "diverged" codes make it diverged; any other
+    # code makes it unstable at warning or error severity and leaves it healthy at info.
+    status: str | None = None
+    # The plotted series (loss, grad_norm, sharpness) whose steps this code's findings mark.
+    plots: tuple[str, ...] = ()
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a finding of this code means the probe diverged."""
+        return self.status == "diverged"
 
 
 REGISTRY: dict[str, CodeInfo] = {}

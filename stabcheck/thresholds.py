@@ -40,14 +40,50 @@ class Thresholds(BaseModel):
                                             "range the series has covered so far, so that noise "
                                             "on a converged, near-zero loss is not called a "
                                             "spike (stabcheck).")
+    spike_noise_steps: int = Field(5, ge=0, description="a loss spike back to its pre-spike "
+                                   "level within this many steps is mini-batch noise, reported "
+                                   "as information (stabcheck: every recovered spike of a "
+                                   "healthy probe in the calibration corpus was back within "
+                                   "4 steps).")
     spike_recovery_steps: int = Field(20, ge=1, description="steps after a spike within which "
                                       "the loss must come back to within a quarter of the jump "
                                       "above its pre-spike value to count as recovered "
                                       "(stabcheck).")
+    grad_spike_response_steps: int = Field(3, ge=0, description="a gradient-norm spike is a "
+                                           "warning when the loss spikes within this many "
+                                           "steps after it (stabcheck).")
+    grad_spike_fraction: float = Field(0.1, gt=0, le=1, description="... or when more than "
+                                       "this fraction of the probe's steps are gradient-norm "
+                                       "spikes after the early steps (stabcheck: 10%, twice "
+                                       "the most a healthy probe of the calibration corpus "
+                                       "showed).")
+    adaptive_early_steps: int = Field(10, ge=0, description="with Adam, AdamW or RMSprop, "
+                                      "gradient-norm spikes in the first max(this, "
+                                      "warmup_steps) steps are expected while the "
+                                      "second-moment estimate settles (stabcheck).")
     # --- divergence (fastai's LR finder stops once the loss passes 4x its best) ---
-    divergence_factor: float = Field(4.0, gt=1, description="a finite loss that ends above this "
-                                     "multiple of where it started has diverged (fastai LR "
-                                     "finder: 4).")
+    divergence_factor: float = Field(3.0, gt=1, description="a finite loss whose final value "
+                                     "(median of the last steps) ends above this multiple of "
+                                     "the best 5-step running median it reached has diverged "
+                                     "(fastai LR finder: 4x the best; stabcheck: 3, from its "
+                                     "calibration corpus).")
+    divergence_floor: float = Field(0.1, ge=0, description="... and must end above the best by "
+                                    "at least this fraction of the initial loss, so noise on a "
+                                    "loss trained to nearly zero is no runaway (stabcheck).")
+    divergence_noise_sigma: float = Field(2.0, ge=0, description="a loss that ends above the "
+                                          "initial loss has diverged only when it ends above "
+                                          "it by more than this many robust standard "
+                                          "deviations of one step's loss (the initial loss is "
+                                          "one batch's; stabcheck).")
+    blowup_factor: float = Field(2.0, gt=1, description="a step whose loss exceeds this "
+                                 "multiple of the initial loss is a transient blow-up, even "
+                                 "when the probe recovers (stabcheck: 2x, the rise at which a "
+                                 "person reading the curve stops calling it healthy; "
+                                 "calibration corpus).")
+    progress_fraction: float = Field(0.1, gt=0, lt=1, description="relative decrease of the "
+                                     "loss that counts as progress: a probe that makes less "
+                                     "while a lower LR of the same batch size made this much "
+                                     "has failed (stabcheck: 10%, calibration corpus).")
     # --- stagnation and oscillation ---
     stagnation_min_decrease: float = Field(0.01, ge=0, description="relative decrease of the "
                                            "loss (start vs end) under which a probe stagnates "

@@ -198,7 +198,7 @@ def test_explain(runner: CliRunner) -> None:
     listing = invoke(runner, "explain")
     assert listing.exit_code == 0 and "SC101" in listing.stdout
     detail = invoke(runner, "explain", "SC102")
-    assert "divergence_factor = 4.0" in detail.stdout and "fastai" in detail.stdout
+    assert "divergence_factor = 3.0" in detail.stdout and "fastai" in detail.stdout
     assert invoke(runner, "explain", "non-finite").exit_code == 0
     unknown = invoke(runner, "explain", "SC1O1")
     assert unknown.exit_code == 2 and "did you mean 'SC101'" in unknown.stderr

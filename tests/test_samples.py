@@ -63,7 +63,10 @@ def test_same_depth_with_relu_he_init_and_residuals_does_not(tmp_path: Path) -> 
     code, report = audit(SAMPLES / "deep_residual.yaml", tmp_path / "r")
     assert code == 0
     assert "SC303" not in {f["code"] for f in report["findings"]}
-    assert {p["status"] for p in report["probes"]} == {"healthy"}
+    # Every LR trains; the largest blows up ~4x above its initial loss in its first steps and
+    # recovers (SC205, a warning: the gate passes).
+    assert {p["status"] for p in report["probes"] if p["lr"] < 0.03} == {"healthy"}
+    assert all(p["findings"] == ["SC205"] for p in report["probes"] if p["lr"] == 0.03)
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ def probe_stats(record: ProbeRecord) -> dict[str, float | None]:
     finite_grad = grad[np.isfinite(grad)]
     finite_ratio = ratio[np.isfinite(ratio)]
     return {
-        "initial_loss": significant(numerics.start_loss(loss, 1)),
+        "initial_loss": significant(numerics.start_loss(loss)),
         "final_loss": significant(numerics.end_loss(loss)),
         "min_loss": significant(float(np.nanmin(loss))) if np.isfinite(loss).any() else None,
         "max_grad_norm": significant(float(finite_grad.max())) if finite_grad.size else None,
@@ -78,7 +78,7 @@ def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
     """healthy / unstable / diverged / error / timeout / oom."""
     if record.outcome in CRASHED:
         return record.outcome
-    if record.outcome == "nonfinite" or any(f.code in ("SC101", "SC102") for f in findings):
+    if record.outcome == "nonfinite" or any(f.info.diverged for f in findings):
         return "diverged"
     if any(f.severity.rank >= Severity.WARNING.rank for f in findings):
         return "unstable"
@@ -88,11 +88,35 @@ def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
 ProbeDetector = Callable[[ProbeRecord, Context], list[Finding]]
 SweepAnalysis = Callable[[list[ProbeDiagnosis], Context], tuple[dict[str, Any], list[Finding]]]
 
-PROBE_DETECTORS: list[ProbeDetector] = [numerics.detect, spikes.detect, dynamics.detect,
-                                         gradients.detect, clipping.detect, curvature.detect,
-                                         execution.detect]
-SWEEP_ANALYSES: list[SweepAnalysis] = [sweep.analyse, clipping.analyse, gradients.analyse,
-                                       init.analyse, curvature.analyse, execution.analyse]
+
+@dataclass(frozen=True)
+class Family:
+    """One detector family: its codes' prefix, its per-probe detector and its sweep analysis
+    (either may be absent). What each code means for the status, the plots and the report
+    lives in the code's registry entry (:class:`stabcheck.findings.CodeInfo`)."""
+
+    name: str
+    prefix: str
+    detect: ProbeDetector | None = None
+    analyse: SweepAnalysis | None = None
+
+
+# Every detector family, in the order detectors and analyses run. Sweep analyses run in this
+# order too: numerics first (causes the learning rate cannot fix), the sweep before the
+# families whose summaries use its statuses.
+FAMILIES: tuple[Family, ...] = (
+    Family("numerics", "SC1", numerics.detect, numerics.analyse),
+    Family("loss spikes", "SC2", spikes.detect),
+    Family("loss dynamics", "SC2", dynamics.detect),
+    Family("gradients", "SC3", gradients.detect, gradients.analyse),
+    Family("clipping", "SC4", clipping.detect, clipping.analyse),
+    Family("sweep", "SC5", None, sweep.analyse),
+    Family("initialisation", "SC6", None, init.analyse),
+    Family("curvature", "SC7", curvature.detect, curvature.analyse),
+    Family("execution", "SC8", execution.detect, execution.analyse),
+)
+PROBE_DETECTORS: list[ProbeDetector] = [f.detect for f in FAMILIES if f.detect is not None]
+SWEEP_ANALYSES: list[SweepAnalysis] = [f.analyse for f in FAMILIES if f.analyse is not None]
 
 
 def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
@@ -100,6 +124,7 @@ def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
     ordered = sorted(records, key=lambda r: r.index)
     per_probe = {r.index: [f for detect in PROBE_DETECTORS for f in detect(r, ctx)]
                  for r in ordered}
+    dynamics.failed_probes(ordered, per_probe, ctx)
     dynamics.relax_low_lr_stagnation(ordered, per_probe, ctx)
     probes = [ProbeDiagnosis(r, probe_status(r, per_probe[r.index]), probe_stats(r),
                              per_probe[r.index]) for r in ordered]
@@ -109,5 +134,6 @@ def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
         part, sweep_findings = analyse(probes, ctx)
         summary.update(part)
         findings += sweep_findings
+    sweep.attribute_causes(findings)
     summary["recommendations"] = sweep.recommendations(summary, findings, probes, ctx)
     return Diagnosis(probes=probes, findings=sort_findings(findings), summary=summary)

@@ -45,7 +45,7 @@ register(CodeInfo(
            "gradient-stability.md (eta < 2/lambda_max).",
     recommendation="Lower the learning rate (or the momentum) so that sharpness x lr stays under "
                    "the limit, or add warmup so the sharpness can adapt before the full LR.",
-    thresholds=("eos_ratio",), config_key="sweep.learning_rates",
+    thresholds=("eos_ratio",), config_key="sweep.learning_rates", plots=("sharpness",),
 ))
 
 register(CodeInfo(
@@ -72,7 +72,7 @@ register(CodeInfo(
 
 register(CodeInfo(
     code="SC703", name="critical-batch-size", title="Critical batch-size hint (gradient noise "
-    "scale)", severity=Severity.INFO, family="curvature",
+    "scale)", severity=Severity.INFO, family="curvature", status="hint",
     explanation=(
         "The simple gradient noise scale B_simple = tr(Sigma)/|G|^2 compares the per-example "
         "gradient variance with the squared full gradient. McCandlish et al. found that it "
@@ -81,7 +81,8 @@ register(CodeInfo(
         "larger batches buy little. stabcheck estimates it at initialisation from gradients at "
         "two batch sizes (the sweep's smallest and largest), with the unbiased estimators of "
         "the paper's appendix A. The noise scale grows as the loss falls, so the value at init "
-        "is a lower bound for later in training."),
+        "is a lower bound for later in training. Every audit gets this hint, so it is shown "
+        "once in the summary (summary.curvature.hints), not as a finding."),
     source="McCandlish, Kaplan, Amodei et al. 2018, 'An Empirical Model of Large-Batch "
            "Training' (arXiv:1812.06162), section 2.2 and appendix A.",
     recommendation="Prefer batch sizes up to about B_simple for sample efficiency; beyond it, "
@@ -96,6 +97,9 @@ register(CodeInfo(
         "The product of the spectral norms of all weight matrices is an upper bound on how "
         "much a feed-forward network can amplify a change of its input (with 1-Lipschitz "
         "activations; conv kernels are treated as [out, in*k*k] matrices, a heuristic). It is "
+        "reported only for models made of linear and convolutional layers alone: through "
+        "embeddings, attention, normalisation or recurrent cells the product bounds nothing. "
+        "It is "
         "loose, but its growth is informative: when it rises by a large factor within a short "
         "probe, the weights' scale is growing fast, the network becomes more sensitive to its "
         "inputs (less robust), and the logits and curvature tend to follow."),
@@ -144,12 +148,27 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
             threshold=threshold))
     li, lf = _finite(curv.get("lipschitz_init")), _finite(curv.get("lipschitz_final"))
     growth = ctx.thresholds.lipschitz_growth
-    if record.outcome == "completed" and li and lf and li > 0 and lf / li > growth:
+    if record.outcome == "completed" and li and lf and li > 0 and lf / li > growth \
+            and lipschitz_is_bound(ctx, record.seed):
         out.append(make(
             "SC704", f"{record.label}: Lipschitz bound grew {lf / li:.3g}x "
             f"({li:.3g} → {lf:.3g}) over {record.steps_run} steps",
             probes=[record.index], value=significant(lf / li), threshold=growth))
     return out
+
+
+# Parameterised modules through which the product of weight spectral norms bounds the
+# network's Lipschitz constant (with Lipschitz activations between them). Embeddings,
+# attention (products of activations), normalisation (division by a data-dependent scale) and
+# recurrent cells are not among them: through those the product is no bound at all.
+BOUNDED_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "LazyLinear", "Bilinear")
+
+
+def lipschitz_is_bound(ctx: Context, seed: int) -> bool:
+    """Whether the model is a feed-forward stack of linear and convolutional layers, judged
+    from the module kinds the init report of ``seed`` lists (unknown: not a bound)."""
+    layers = (ctx.init.get(seed) or {}).get("layers") or []
+    return bool(layers) and all(layer.get("kind") in BOUNDED_LAYERS for layer in layers)
 
 
 def _largest(values: list[float | None]) -> float | None:
@@ -228,8 +247,9 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
         if above:
             where.append(f"{', '.join(map(str, above))} above it (diminishing returns per "
                          "example)")
-        findings.append(make(
-            "SC703", f"gradient noise scale B_simple ≈ {b_simple:.4g} at init (from batch "
-            f"sizes {pair.get('b_small')} and {pair.get('b_big')})"
-            + (f": {'; '.join(where)}" if where else ""), value=b_simple))
+        # A hint that every audit gets: shown once in the summary, never as a finding.
+        summary["hints"] = [{
+            "code": "SC703", "text": f"gradient noise scale B_simple ≈ {b_simple:.4g} at init "
+            f"(from batch sizes {pair.get('b_small')} and {pair.get('b_big')})"
+            + (f": {'; '.join(where)}" if where else "")}]
     return {"curvature": summary}, findings

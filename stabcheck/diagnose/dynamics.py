@@ -11,6 +11,24 @@ from stabcheck.findings import CodeInfo, Finding, Severity, make, register
 from stabcheck.records import ProbeRecord
 
 register(CodeInfo(
+    code="SC103", name="failed-probe", title="No progress where a lower LR trained",
+    severity=Severity.ERROR, family="numerics", status="diverged",
+    explanation=(
+        "The probe ended at about the loss it started from (the untrained loss) although a "
+        "lower learning rate at the same batch size did make progress. A larger step that "
+        "learns less than a smaller one has not been 'slow': it overshot, typically blew up "
+        "in the first steps and collapsed to predicting the label frequencies (chance "
+        "level), or killed its units. For the max stable LR such a probe counts as "
+        "diverged, whatever its final loss."),
+    source="stabcheck calibration corpus (calibration/README.md): most real divergences are "
+           "finite runaways and collapses to chance, not NaN; the issue that set up the corpus "
+           "found 32 of 36 divergences without a NaN.",
+    recommendation="Treat this learning rate as past the stability boundary: train below the "
+                   "smallest LR that failed, or add warmup.",
+    thresholds=("progress_fraction",), config_key="sweep.learning_rates",
+))
+
+register(CodeInfo(
     code="SC203", name="stagnation", title="Loss did not decrease",
     severity=Severity.WARNING, family="loss dynamics",
     explanation=(
@@ -65,7 +83,8 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
         return []
     loss = record.series("loss")
     th = ctx.thresholds
-    if diverged_without_nan(loss, th.divergence_factor)[0]:
+    if diverged_without_nan(loss, th.divergence_factor, th.divergence_floor,
+                            th.divergence_noise_sigma)[0]:
         return []  # already SC102; stagnation or oscillation would only repeat it
     findings: list[Finding] = []
     decrease = relative_decrease(loss)
@@ -112,3 +131,34 @@ def relax_low_lr_stagnation(records: list[ProbeRecord], findings: dict[int, list
                 f.severity = Severity.INFO
                 f.message += "; a larger LR trains, so this LR is only slow"
                 findings[record.index][i] = f
+
+
+def failed_probes(records: list[ProbeRecord], findings: dict[int, list[Finding]],
+                  ctx: Context) -> None:
+    """SC103 for a probe that made (almost) no progress while a lower LR of its batch size
+    did: it failed, and counts as diverged. Runs before :func:`relax_low_lr_stagnation`."""
+    th = ctx.thresholds
+
+    def progress(r: ProbeRecord) -> float:
+        return relative_decrease(r.series("loss")) if r.outcome == "completed" else np.nan
+
+    for record in records:
+        own = progress(record)
+        if not np.isfinite(own) or own >= th.progress_fraction:
+            continue
+        if any(f.info.diverged for f in findings[record.index]):
+            continue
+        better = [(other, progress(other)) for other in records
+                  if other.batch_size == record.batch_size and other.lr < record.lr]
+        better = [(o, d) for o, d in better if np.isfinite(d) and d >= th.progress_fraction]
+        if not better:
+            continue
+        other, done = max(better, key=lambda od: od[1])
+        loss = record.series("loss")
+        findings[record.index] = [f for f in findings[record.index] if f.code != "SC203"]
+        findings[record.index].append(make(
+            "SC103", f"loss went from {start_loss(loss):.4g} to {end_loss(loss):.4g} "
+                     f"({own:.0%} progress) while lr={other.lr:g} seed={other.seed} made "
+                     f"{done:.0%} ({record.label})",
+            probes=[record.index], steps=[record.steps_run - 1], value=own,
+            threshold=th.progress_fraction))

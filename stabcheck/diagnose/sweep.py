@@ -84,6 +84,9 @@ register(CodeInfo(
     config_key="sweep.learning_rates",
 ))
 
+# Findings of earlier sweep analyses that name a cause the learning rate cannot fix.
+NOT_LR_CAUSES = ("SC104", "SC105")
+
 NO_STABLE_LR_ADVICE = ("Extend sweep.learning_rates downwards until some LR is stable, then set "
                        "target_lr below it by the margin.")
 
@@ -104,6 +107,16 @@ def max_stable_lr(probes: list[ProbeDiagnosis]) -> dict[int, float | None]:
         if all(m.status == "healthy" for m in members):
             current = out[bs]
             out[bs] = lr if current is None else max(current, lr)
+    return out
+
+
+def min_diverging_lr(probes: list[ProbeDiagnosis]) -> dict[int, float | None]:
+    """Per batch size: the smallest LR at which some seed diverged (None if none did)."""
+    out: dict[int, float | None] = {}
+    for (bs, lr), members in sorted(cells(probes).items()):
+        out.setdefault(bs, None)
+        if out[bs] is None and any(m.status == "diverged" for m in members):
+            out[bs] = lr
     return out
 
 
@@ -265,7 +278,10 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
         "probes": len(probes),
         "by_status": {s: counts.get(s, 0) for s in
                       ("healthy", "unstable", "diverged", "error", "timeout", "oom")},
+        # The largest LR that trained cleanly (healthy) on every seed ...
         "max_stable_lr": {str(bs): lr for bs, lr in stable.items()},
+        # ... and the smallest LR at which a probe diverged: the two edges of the boundary.
+        "min_diverging_lr": {str(bs): lr for bs, lr in min_diverging_lr(probes).items()},
         "stability_margin": margin,
         "lr_sensitivity": {str(bs): v for bs, v in sensitivity.items()},
         "seed_spread": seed_spread,
@@ -277,20 +293,41 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     return summary, findings
 
 
+def attribute_causes(findings: list[Finding]) -> None:
+    """When a finding names a cause the learning rate cannot fix (bad data, loss function),
+    SC504 says so instead of advising lower learning rates."""
+    causes = sorted({f.code for f in findings if f.code in NOT_LR_CAUSES})
+    if not causes:
+        return
+    for f in findings:
+        if f.code == "SC504":
+            f.message += f"; the cause is {', '.join(causes)}, not the learning rate"
+            f.recommendation = (f"Fix what {', '.join(causes)} names first: a lower learning "
+                                "rate will not help.")
+
+
 def recommendations(summary: dict[str, Any], findings: list[Finding],
                     probes: list[ProbeDiagnosis], ctx: Context) -> list[dict[str, Any]]:
-    """What to set for the real run, from the whole diagnosis: LR, clip threshold, warmup."""
+    """What to set for the real run, from the whole diagnosis: LR, clip threshold, warmup.
+    None while a finding names a cause the learning rate cannot fix (SC104, SC105)."""
     out: list[dict[str, Any]] = []
+    if any(f.code in NOT_LR_CAUSES for f in findings):
+        return out
     margin = ctx.thresholds.stability_margin
     found = summary.get("boundary_found") or {}
+    diverging = summary.get("min_diverging_lr") or {}
     for bs, lr in (summary.get("max_stable_lr") or {}).items():
         if lr:
-            edge = (f"max stable LR {lr:g}" if found.get(bs) else
+            edge = (f"max stable LR {lr:g} (the largest LR healthy on every seed)"
+                    if found.get(bs) else
                     f"max stable LR >= {lr:g} (the largest swept; sweep higher to find the "
                     "boundary)")
+            first_bad = diverging.get(bs)
+            if first_bad is not None:
+                edge += f", smallest diverging LR {first_bad:g}"
             out.append({"what": "learning_rate", "batch_size": int(bs), "value": lr / margin,
                         "text": f"bs={bs}: {edge}; train at lr <= {lr / margin:.3g} for a "
-                                f"{margin:g}x margin"})
+                                f"{margin:g}x margin below the max stable LR"})
     clipping = summary.get("clipping") or {}
     if clipping.get("recommended_clip") is not None:
         value = clipping["recommended_clip"]
@@ -299,7 +336,8 @@ def recommendations(summary: dict[str, Any], findings: list[Finding],
                             "percentile of pre-clip gradient norms in healthy probes)"})
     steps = int((ctx.config.get("probe") or {}).get("steps") or 0)
     early_limit = max(10, steps // 10)
-    early = sorted({s for f in findings if f.code in ("SC201", "SC202", "SC302")
+    early = sorted({s for f in findings if f.code in ("SC201", "SC202", "SC205", "SC302")
+                    and f.severity.rank >= Severity.WARNING.rank
                     for s in f.steps if s < early_limit})
     warmup = int((ctx.config.get("probe") or {}).get("warmup_steps") or 0)
     if early:

@@ -72,7 +72,8 @@ def _probe_case(suite: ET.Element, classname: str, p: ProbeDiagnosis,
         errors += 1
     findings = p.findings + extra
     for f in findings:
-        if f.severity.value == "error" and not (r.outcome in CRASHED and f.code.startswith("SC8")):
+        crash = r.outcome in CRASHED and f.info.family == "execution"  # already an <error>
+        if f.severity.value == "error" and not crash:
             _failure(case, f)
             failures += 1
     notes = [_text(f) for f in findings if f.severity.value != "error"]

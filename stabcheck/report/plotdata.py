@@ -16,16 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import stabcheck.diagnose  # noqa: F401  (registers every finding code)
+from stabcheck.findings import REGISTRY
+
 if TYPE_CHECKING:
     from stabcheck.diagnose import ProbeDiagnosis
     from stabcheck.result import AuditResult
 
 MAX_POINTS = 400
-# Finding codes whose ``steps`` are marked on a plotted column.
+# Finding codes whose ``steps`` are marked on a plotted column: from each code's registry
+# entry (CodeInfo.plots).
 MARK_CODES: dict[str, tuple[str, ...]] = {
-    "loss": ("SC201", "SC202"),
-    "grad_norm": ("SC302",),
-    "sharpness": ("SC701",),
+    column: tuple(code for code, info in sorted(REGISTRY.items()) if column in info.plots)
+    for column in ("loss", "grad_norm", "sharpness")
 }
 ADAPTIVE_RULES = ("adam", "adamw", "rmsprop")
 

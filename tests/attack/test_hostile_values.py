@@ -27,7 +27,11 @@ NUMERIC = ["probe.steps", "probe.grad_clip", "probe.warmup_steps", "probe.flush_
 NUMERIC += [f"thresholds.{name}" for name in Thresholds.model_fields]
 # Fields where 0 is a meaningful setting.
 ZERO_OK = {"probe.warmup_steps", "sweep.seeds.0", "thresholds.spike_min_range_fraction",
-           "thresholds.stagnation_min_decrease"}
+           "thresholds.stagnation_min_decrease",
+           # 0 turns the calibrated noise allowances off (the detectors' pre-calibration rule)
+           "thresholds.spike_noise_steps", "thresholds.grad_spike_response_steps",
+           "thresholds.adaptive_early_steps", "thresholds.divergence_floor",
+           "thresholds.divergence_noise_sigma"}
 # Huge but harmless: the probe never clips, the target LR is far off, the data is smaller.
 HUGE_OK = {"probe.grad_clip", "target_lr", "target_batch_size", "data.max_samples",
            "sweep.learning_rates.max", "sweep.learning_rates.0", "probe.curvature_batch",

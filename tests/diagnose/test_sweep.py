@@ -35,7 +35,9 @@ def test_max_stable_lr_requires_every_seed_and_marks_the_censored_boundary() -> 
     assert d.summary["fragile_cells"] == [{"batch_size": 32, "lr": 1.0, "diverged_seeds": [1],
                                            "seeds": [0, 1]}]
     texts = [r["text"] for r in d.summary["recommendations"] if r["what"] == "learning_rate"]
-    assert "bs=32: max stable LR 0.1;" in texts[0]
+    assert ("bs=32: max stable LR 0.1 (the largest LR healthy on every seed), smallest "
+            "diverging LR 1;") in texts[0]
+    assert d.summary["min_diverging_lr"] == {"32": 1.0, "128": None}
     assert "max stable LR >= 1 (the largest swept" in texts[1]
 
 

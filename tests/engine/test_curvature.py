@@ -282,8 +282,9 @@ def test_init_curvature_and_diagnosis(write_config) -> None:
     assert summary["curvature"]["by_batch_size"]["32"]["predicted_lr_ceiling"] == ceiling
     codes = [f.code for f in findings]
     assert codes.count("SC702") == 2  # 50 is above the ceiling at both batch sizes
+    assert "SC703" not in codes  # a hint every audit gets: in the summary, not a finding
     if report["noise_scale"]["b_simple"] is not None:
-        assert "SC703" in codes
+        assert summary["curvature"]["hints"][0]["code"] == "SC703"
 
 
 def _record(**curvature: Any) -> ProbeRecord:
@@ -301,8 +302,16 @@ def test_probe_detectors_on_hand_made_records() -> None:
     assert found[0].steps == [20] and found[0].value == pytest.approx(1.1)
     assert diag.detect(_record(eos_ratio=[0.99], steps=[0], lipschitz_init=1.0,
                                lipschitz_final=9.0), ctx) == []
-    grown = diag.detect(_record(lipschitz_init=1.0, lipschitz_final=25.0), ctx)
+    mlp = Context(init={0: {"layers": [{"name": "0", "kind": "Linear"},
+                                       {"name": "2", "kind": "Conv2d"}]}})
+    grown = diag.detect(_record(lipschitz_init=1.0, lipschitz_final=25.0), mlp)
     assert [f.code for f in grown] == ["SC704"] and grown[0].value == pytest.approx(25.0)
+    # Through an embedding or a normalisation layer the product of norms bounds nothing.
+    for kind in ("Embedding", "LayerNorm"):
+        other = Context(init={0: {"layers": [{"name": "e", "kind": kind},
+                                             {"name": "0", "kind": "Linear"}]}})
+        assert diag.detect(_record(lipschitz_init=1.0, lipschitz_final=25.0), other) == []
+    assert diag.detect(_record(lipschitz_init=1.0, lipschitz_final=25.0), ctx) == []
     looser = Context(thresholds=Thresholds(eos_ratio=1.2, lipschitz_growth=30.0))
     assert diag.detect(rec, looser) == []
 

@@ -1,0 +1,46 @@
+"""``python -m calibration run [--models NAME ...] [--fast] [--refresh] [--rerun]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from calibration.corpus import ablate, config_paths, details, record, score, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calibration")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="print the confusion table (truth vs stabcheck)")
+    run.add_argument("--models", nargs="+", help="corpus configs by name (default: all)")
+    run.add_argument("--fast", action="store_true", help="only the fast CI slice")
+    run.add_argument("--holdout", action="store_true",
+                     help="the hold-out configs (never used to set a threshold)")
+    run.add_argument("--refresh", action="store_true", help="retrain the plain-loop truth")
+    run.add_argument("--rerun", action="store_true", help="audit again (not only re-diagnose)")
+    run.add_argument("--record", action="store_true",
+                     help="keep the journals under calibration/records/")
+    run.add_argument("--details", action="store_true", help="list every miss and false alarm")
+    abl = sub.add_parser("ablate", help="corpus totals with one threshold changed at a time")
+    abl.add_argument("--models", nargs="+", help="corpus configs by name (default: all)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.command == "ablate":
+        print(ablate(config_paths(args.models)))
+        return 0
+    scores = []
+    for path in config_paths(args.models, args.fast, args.holdout):
+        print(f"... {path.stem}", file=sys.stderr, flush=True)
+        scores.append(score(path, refresh=args.refresh, rerun=args.rerun))
+        if args.record:
+            record(path)
+    print(table(scores))
+    if args.details:
+        print(details(scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
