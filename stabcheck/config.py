@@ -32,8 +32,9 @@ from stabcheck import yamlsafe
 from stabcheck.errors import ConfigError
 from stabcheck.thresholds import Thresholds
 
-BUILTIN_MODELS = ("mlp", "cnn", "transformer")
-BUILTIN_DATA = ("blobs", "regression", "text", "images")
+BUILTIN_MODELS = ("mlp", "cnn", "transformer", "hf")
+BUILTIN_DATA = ("blobs", "regression", "text", "images", "hf")
+DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".npy")
 BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "model")
 BUILTIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -55,17 +56,23 @@ class _Component(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> _Component:
-        if (self.builtin is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'builtin' or 'factory'")
+        sources = [k for k in self._sources() if getattr(self, k) is not None]
+        if len(sources) != 1:
+            given = f" (got {' and '.join(sources)})" if sources else ""
+            raise ValueError(f"give exactly one of {' or '.join(map(repr, self._sources()))}"
+                             + given)
         if self.factory is not None:
             _check_reference(self.factory)
         return self
+
+    def _sources(self) -> tuple[str, ...]:
+        return ("builtin", "factory")
 
 
 class ModelSection(_Component):
     """``model:``: what to train."""
 
-    builtin: Literal["mlp", "cnn", "transformer"] | None = None
+    builtin: Literal["mlp", "cnn", "transformer", "hf"] | None = None
     checkpoint: str | None = Field(None, description="weights to load into the model before "
                                    "probing (.safetensors, or a torch file loaded with "
                                    "weights_only=True)")
@@ -74,12 +81,39 @@ class ModelSection(_Component):
 class DataSection(_Component):
     """``data:``: what to train on."""
 
-    builtin: Literal["blobs", "regression", "text", "images"] | None = None
+    builtin: Literal["blobs", "regression", "text", "images", "hf"] | None = None
+    path: str | None = Field(None, description="a data file, relative to the config file: "
+                             ".csv, .parquet (needs pyarrow), .npz or .npy")
+    target: str | int | None = Field(None, description="with path: the column (csv, parquet), "
+                                     "array key (npz) or column index (npy) of the targets")
+    features: list[str | int] | None = Field(None, description="with path: the input columns "
+                                             "or keys (default: all but the target)")
+    standardize: bool = Field(False, description="with path: scale each feature column to "
+                              "zero mean and unit variance")
     target_key: str = Field("labels", description="for dict datasets with a loss other than "
                             "'model': the key holding the targets; the rest go to the model as "
                             "keyword arguments")
     max_samples: int = Field(200_000, gt=0, description="a torch Dataset is materialised up to "
                              "this many samples")
+
+    def _sources(self) -> tuple[str, ...]:
+        return ("builtin", "factory", "path")
+
+    @model_validator(mode="after")
+    def _file_options(self) -> DataSection:
+        if self.path is None:
+            extra = [k for k in ("target", "features") if getattr(self, k) is not None]
+            if self.standardize:
+                extra.append("standardize")
+            if extra:
+                raise ValueError(f"{extra[0]!r} applies to data files only (data.path)")
+            return self
+        if self.kwargs:
+            raise ValueError("kwargs do not apply to a data file (data.path)")
+        if not self.path.lower().endswith(DATA_SUFFIXES):
+            raise ValueError(f"data.path {self.path!r}: unknown file type; expected one of "
+                             f"{', '.join(DATA_SUFFIXES)}")
+        return self
 
 
 class OptimizerSection(_Strict):
