@@ -8,6 +8,7 @@ is not imported here: that happens in :mod:`stabcheck.problem`, after the schema
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -427,3 +428,25 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     raw, source = yamlsafe.load(path)
     config, overridden = validate_data(raw, source, overrides, defaults)
     return LoadedConfig(config=config, path=path, source=source, overridden=overridden)
+
+
+class _NoLines(yamlsafe.SourceMap):
+    """Where a config given as a Python dict has no lines: ``<dict>: key.path: message``."""
+
+    def format(self, path: yamlsafe.Path_, message: str, prefer_key: bool = False) -> str:
+        """Format one error as ``<dict>: key.path: message``."""
+        dotted = yamlsafe.dotted_path(path)
+        return f"{self.filename}: {dotted}: {message}" if dotted else \
+            f"{self.filename}: {message}"
+
+
+def load_mapping(raw: Any, overrides: dict[str, Any] | None = None,
+                 base_dir: str | Path | None = None) -> LoadedConfig:
+    """Validate a config given as a dict (the Python API); relative paths in it resolve
+    against ``base_dir`` (default: the working directory). Errors read ``<dict>: key: …``."""
+    source = _NoLines(filename="<dict>")
+    config, overridden = validate_data(copy.deepcopy(raw) if isinstance(raw, dict) else raw,
+                                       source, overrides)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    return LoadedConfig(config=config, path=base / "<dict>", source=source,
+                        overridden=overridden)

@@ -12,7 +12,7 @@ tensors.
 
 With ``loss: cross_entropy`` the target must hold whole numbers and becomes ``int64`` class
 indices; with any other loss it becomes ``float32``. Features become ``float32`` (a note says
-so when the file held float64). ``standardize: true`` scales each feature column to zero mean
+so when a NumPy file held float64). ``standardize: true`` scales each feature column to zero mean
 and unit variance. Every problem is a :class:`ConfigError` located at its config line (exit 2).
 """
 
@@ -56,7 +56,7 @@ def read_data_file(loaded: LoadedConfig) -> tuple[tuple[torch.Tensor, ...], list
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise loaded.error_at(("data", "features"), f"{path.name}: features have dtype "
                               f"{x.dtype}; expected numbers")
-    if x.dtype == np.float64:
+    if x.dtype == np.float64 and suffix in (".npz", ".npy"):  # tables are float64 by nature
         notes.append(f"{path.name}: float64 features converted to float32")
     x = x.astype(np.float32)
     bad = ~np.isfinite(x)
