@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import time
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from stabcheck.config import LoadedConfig, load_config
+from stabcheck.api import AuditResult as PublicResult
+from stabcheck.api import config_overrides
+from stabcheck.config import LoadedConfig, load_config, load_mapping
 from stabcheck.engine import Engine, EngineSettings
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.failures import free_memory
@@ -34,6 +39,7 @@ from stabcheck.journal import (
 )
 from stabcheck.plan import config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
+from stabcheck.project import project_defaults
 from stabcheck.records import ProbeRecord
 from stabcheck.report.json_report import write_atomic
 from stabcheck.result import AuditResult, build_result, environment
@@ -118,6 +124,8 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
         try:
             with user_code_exits("building the model, data or loss"):
                 problem = build_problem(loaded)  # imports user code, after the schema validated
+            for note in problem.notes:
+                options.progress.note(note)
         except BaseException:
             if created:  # leave no empty results directory behind a config error
                 (out_dir / LOCK_NAME).unlink(missing_ok=True)
@@ -139,6 +147,8 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
             journal = Journal.create(out_dir, header, overwrite=options.overwrite)
             contents = JournalContents(header=header)
             done = set()
+            for note in problem.notes:  # what was converted on the user's behalf, in the report
+                journal.append_event({"event": "data", "message": note})
         result = _execute(loaded, options, problem, probes, digest, journal, contents, done,
                           setup_s, started)
     return result, out_dir
@@ -308,8 +318,53 @@ def finish(out_dir: Path, contents: JournalContents, interrupted: bool = False,
     return result
 
 
-def audit(config: str | Path, out_dir: str | Path | None = None, **options: Any) -> AuditResult:
-    """Library entry point: load ``config``, run the audit, return the result."""
-    loaded = load_config(config)
-    opts = AuditOptions(out_dir=Path(out_dir) if out_dir else None, **options)
-    return run_audit(loaded, opts)[0]
+def audit(config: str | Path | Mapping[str, Any], *, steps: int | None = None,
+          lr: float | list[float] | None = None, seeds: int | list[int] | None = None,
+          batch_size: int | list[int] | None = None, device: str | None = None,
+          dtype: str | None = None, grad_clip: float | None = None,
+          fail_on: str | None = None, engine: str | Engine = "auto",
+          executor: str | Executor = "auto", out_dir: str | Path | None = None,
+          resume: bool = False, overwrite: bool = False, exit_zero: bool = False,
+          isolated: bool = False, overrides: Mapping[str, Any] | None = None,
+          base_dir: str | Path | None = None,
+          progress: Progress | None = None) -> PublicResult:
+    """Run an audit from a YAML file or a dict; return its :class:`~stabcheck.api.AuditResult`.
+
+    The keywords mirror ``stabcheck audit``'s flags (``steps`` = ``--steps``, ``lr`` =
+    ``--lr``, ``seeds``, ``batch_size``, ``device``, ``fail_on``, ``engine``, ``executor``,
+    ``out_dir`` = ``--out``, ``resume``, ``overwrite``, ``exit_zero``, ``isolated``);
+    ``overrides`` sets any other dotted key (``{"probe.warmup_steps": 10}``). A dict config
+    resolves its relative paths against ``base_dir`` (default: the working directory).
+
+    Raises the CLI's errors: :class:`~stabcheck.errors.ConfigError` (``exit_code`` 2) for a
+    config or argument mistake, :class:`~stabcheck.errors.UserCodeError` (3) when user code
+    raised. A failing audit is not an exception: check ``result.exit_code`` or call
+    ``result.assert_stable()``.
+    """
+    dotted = config_overrides({"steps": steps, "lr": lr, "seeds": seeds,
+                               "batch_size": batch_size, "device": device, "dtype": dtype,
+                               "grad_clip": grad_clip, "fail_on": fail_on}, overrides)
+    if isinstance(config, Mapping):
+        loaded = load_mapping(dict(config), overrides=dotted, base_dir=base_dir)
+    else:
+        defaults, _ = project_defaults(Path(config), isolated)
+        loaded = load_config(config, overrides=dotted, defaults=defaults)
+    if resume and out_dir is None:
+        raise ConfigError("<arguments>: resume=True needs out_dir, the results directory")
+    opts = AuditOptions(out_dir=Path(out_dir) if out_dir is not None else None, resume=resume,
+                        overwrite=overwrite, exit_zero=exit_zero, fail_on=fail_on,
+                        engine=engine, executor=executor, progress=progress or _NoProgress())
+    report, results_dir = run_audit(loaded, opts)
+    return PublicResult.from_report(report, results_dir)
+
+
+class _CallableModule(types.ModuleType):
+    """``from stabcheck import audit`` gives this module (Python's import system puts the
+    submodule on the package); calling it runs :func:`audit`, so ``audit("config.yaml")``
+    works however it was imported."""
+
+    def __call__(self, config: str | Path | Mapping[str, Any], **kwargs: Any) -> PublicResult:
+        return audit(config, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -27,7 +27,6 @@ from stabcheck.errors import (
     EXIT_USAGE,
     ConfigError,
     StabcheckError,
-    UserCodeError,
     user_code_exits,
     writing,
 )
@@ -248,19 +247,20 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
 @click.argument("config", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--isolated", is_flag=True, help="Ignore [tool.stabcheck] in pyproject.toml.")
 def validate(config: Path, isolated: bool) -> int:
-    """Check CONFIG (schema, references, data shapes) without training. Exit 0 or 2."""
+    """Check CONFIG (schema, references, data, one step at the largest batch size) without
+    auditing. Exit 0, 2 (config mistake) or 3 (user code raised), as ``audit`` would."""
     from stabcheck.config import load_config
     from stabcheck.plan import plan_probes
-    from stabcheck.problem import build_problem
+    from stabcheck.problem import build_problem, check_largest_batch
     from stabcheck.project import project_defaults
 
     defaults, pyproject = project_defaults(config, isolated)
     loaded = load_config(config, defaults=defaults)
-    try:
-        with user_code_exits("building the model, data or loss"):
-            problem = build_problem(loaded)
-    except UserCodeError as exc:  # validate's contract is 0 or 2
-        raise ConfigError(f"{config}: {exc}") from None
+    with user_code_exits("building the model, data or loss"):
+        problem = build_problem(loaded)  # the same errors and exit codes as audit
+        check_largest_batch(loaded, problem)
+    for note in problem.notes:
+        click.echo(f"note: {note}", err=True)
     n = len(plan_probes(loaded.config))
     using = f"; defaults from {pyproject}" if pyproject else ""
     click.echo(f"{config}: ok — {n} probes of {loaded.config.probe.steps} steps, "
@@ -268,17 +268,36 @@ def validate(config: Path, isolated: bool) -> int:
     return 0
 
 
+TEMPLATES = ("starter", "hf", "tabular", "custom")
+
+
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="stabcheck.yaml")
-@click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(path: Path, force: bool) -> int:
-    """Write a commented starter config to PATH (default: stabcheck.yaml)."""
-    if path.exists() and not force:
-        raise ConfigError(f"{path}: already exists (use --force to overwrite)")
-    text = resources.files("stabcheck").joinpath("templates/starter.yaml").read_text("utf-8")
-    with writing(path):
-        path.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {path}; run: stabcheck audit {path}", err=True)
+@click.option("--from-template", "template", type=click.Choice(TEMPLATES), default="starter",
+              show_default=True, help="starter: built-in model and data; hf: a Hugging Face "
+              "model from its config; tabular: a CSV file (an example train.csv is written "
+              "beside the config); custom: your own model.py and data.py (stubs written "
+              "beside the config).")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def init(path: Path, template: str, force: bool) -> int:
+    """Write a commented config to PATH (default: stabcheck.yaml), and its stub files."""
+    root = resources.files("stabcheck").joinpath("templates")
+    if template == "starter":
+        files = {path: root.joinpath("starter.yaml")}
+    else:
+        folder = root.joinpath(template)
+        files = {path if entry.name == "stabcheck.yaml" else path.parent / entry.name: entry
+                 for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+                 if entry.is_file() and not entry.name.startswith((".", "__"))}
+    existing = [str(p) for p in files if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{existing[0]}: already exists (use --force to overwrite)")
+    for target, source in files.items():
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    names = ", ".join(str(p) for p in files)
+    click.echo(f"wrote {names}; run: stabcheck audit {path}", err=True)
     return 0
 
 

@@ -8,243 +8,23 @@ is not imported here: that happens in :mod:`stabcheck.problem`, after the schema
 
 from __future__ import annotations
 
+import copy
 import difflib
-import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ValidationError
 
 from stabcheck import yamlsafe
 from stabcheck.errors import ConfigError
-from stabcheck.optimizers import BUILTIN_OPTIMIZERS
-from stabcheck.thresholds import Thresholds
+from stabcheck.schema import AuditConfig, LRRange, choice_message
 
-BUILTIN_MODELS = ("mlp", "cnn", "transformer")
-BUILTIN_DATA = ("blobs", "regression", "text", "images")
-BUILTIN_LOSSES = ("cross_entropy", "mse", "bce_with_logits", "model")
-DTYPES = ("float32", "bfloat16", "float16")
-FAIL_ON = ("error", "warning", "never")
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-class _Strict(BaseModel):
-    # strict: no `true` for 1.0, no '0.1' for 0.1; allow_inf_nan=False: .inf and .nan are
-    # refused by every number of the schema (a user's kwargs are checked by _finite_kwargs).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class _Component(_Strict):
-    """A built-in (``builtin: name``) or user code (``factory: "module:attr"``) plus kwargs."""
-
-    builtin: str | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> _Component:
-        if (self.builtin is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'builtin' or 'factory'")
-        if self.factory is not None:
-            _check_reference(self.factory)
-        return self
-
-
-class ModelSection(_Component):
-    """``model:``: what to train."""
-
-    builtin: Literal["mlp", "cnn", "transformer"] | None = None
-    checkpoint: str | None = Field(None, description="weights to load into the model before "
-                                   "probing (.safetensors, or a torch file loaded with "
-                                   "weights_only=True)")
-
-
-class DataSection(_Component):
-    """``data:``: what to train on."""
-
-    builtin: Literal["blobs", "regression", "text", "images"] | None = None
-    target_key: str = Field("labels", description="for dict datasets with a loss other than "
-                            "'model': the key holding the targets; the rest go to the model as "
-                            "keyword arguments")
-    max_samples: int = Field(200_000, gt=0, description="a torch Dataset is materialised up to "
-                             "this many samples")
-
-
-class OptimizerSection(_Strict):
-    """``optimizer:``: a built-in name or ``"module:Class"`` of a torch optimizer."""
-
-    name: str = "sgd"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("kwargs")
-    @classmethod
-    def _finite_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key, item in value.items():
-            for number in item if isinstance(item, list | tuple) else [item]:
-                if isinstance(number, float) and not math.isfinite(number):
-                    raise ValueError(f"{key}: {number} is not a finite number")
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if ":" in value:
-            _check_reference(value)
-            return value
-        if value not in BUILTIN_OPTIMIZERS:
-            raise ValueError(_choice_message(value, BUILTIN_OPTIMIZERS, "or 'module:Class'"))
-        return value
-
-
-class LRRange(_Strict):
-    """``{min, max, num}``: ``num`` learning rates spaced evenly in log space."""
-
-    min: float = Field(gt=0)
-    max: float = Field(gt=0)
-    num: int = Field(ge=1, le=1000)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> LRRange:
-        if self.max < self.min:
-            raise ValueError(f"max ({self.max}) is smaller than min ({self.min})")
-        if self.max == self.min and self.num > 1:
-            raise ValueError(f"min and max are both {self.min:g}: num must be 1 (or widen "
-                             "the range)")
-        return self
-
-    def values(self) -> list[float]:
-        """The expanded, log-spaced list."""
-        if self.num == 1:
-            return [self.min]
-        lo, hi = math.log10(self.min), math.log10(self.max)
-        step = (hi - lo) / (self.num - 1)
-        return [float(f"{10 ** (lo + i * step):.6g}") for i in range(self.num)]
-
-
-def _lr_kind(value: Any) -> str:
-    return "<range>" if isinstance(value, dict | LRRange) else "<list>"
-
-
-LearningRates = Annotated[
-    Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]], Tag("<list>")]
-    | Annotated[LRRange, Tag("<range>")],
-    Discriminator(_lr_kind),
-]
-
-
-class SweepSection(_Strict):
-    """``sweep:``: the grid of probes (learning rates x seeds x batch sizes)."""
-
-    learning_rates: LearningRates
-    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(default_factory=lambda: [0])
-    batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32])
-
-    @field_validator("learning_rates", "seeds", "batch_sizes")
-    @classmethod
-    def _non_empty_unique(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("is empty: the sweep needs at least one value")
-            if len(set(value)) != len(value):
-                raise ValueError("has duplicate values")
-        return value
-
-    def lr_values(self) -> list[float]:
-        """The sorted learning rates, with a ``{min, max, num}`` range expanded."""
-        lrs = self.learning_rates
-        return sorted(lrs.values() if isinstance(lrs, LRRange) else lrs)
-
-
-class ProbeSection(_Strict):
-    """``probe:``: how each short training run is carried out."""
-
-    steps: int = Field(200, gt=0, le=1_000_000)
-    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm; null "
-                                    "measures norms but never clips")
-    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warmup")
-    device: str = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    flush_every: int = Field(50, gt=0, le=1_000_000, description="statistics are copied from "
-                             "the device every this many steps (no host sync in between)")
-    timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="a probe that runs "
-                                    "longer is stopped and marked 'timeout'")
-    curvature_every: int | None = Field(None, gt=0, le=1_000_000, description="measure "
-                                        "sharpness every this many steps; null = off")
-    curvature_batch: int | None = Field(None, gt=0, description="examples in the fixed batch "
-                                        "the sharpness is measured on (the whole dataset when "
-                                        "smaller); null = the probe's own batch size during "
-                                        "probes and 512 at init")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not _DEVICE_RE.match(value):
-            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
-        return value
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> ProbeSection:
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) is longer than steps "
-                             f"({self.steps})")
-        return self
-
-
-class AuditConfig(_Strict):
-    """The whole config file. docs/config.md has a commented example."""
-
-    name: str = Field("audit", max_length=200)
-    model: ModelSection
-    data: DataSection
-    loss: str = "cross_entropy"
-    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
-    sweep: SweepSection
-    probe: ProbeSection = Field(default_factory=ProbeSection)
-    thresholds: Thresholds = Field(default_factory=Thresholds)
-    target_lr: float | None = Field(None, gt=0, description="the LR intended for the real run")
-    target_batch_size: int | None = Field(None, gt=0, description="the batch size of the real "
-                                          "run; the stability margin is judged at the nearest "
-                                          "swept batch size (default: the smallest margin "
-                                          "over all of them)")
-    fail_on: Literal["error", "warning", "never"] = "error"
-
-    @field_validator("loss")
-    @classmethod
-    def _loss(cls, value: str) -> str:
-        if ":" in value:
-            _check_reference(value)
-            return value
-        if value not in BUILTIN_LOSSES:
-            raise ValueError(_choice_message(value, BUILTIN_LOSSES, "or 'module:attr'"))
-        return value
-
-
-def _check_reference(ref: str) -> None:
-    target, sep, attr = ref.rpartition(":")
-    if not sep or not target or not attr.isidentifier():
-        raise ValueError(f"{ref!r} is not a reference: use 'package.module:attr' or "
-                         "'./file.py:attr'")
-
-
-def _choice_message(value: str, choices: tuple[str, ...], extra: str = "") -> str:
-    allowed = ", ".join(repr(c) for c in choices) + (f" {extra}" if extra else "")
-    msg = f"unknown value {value!r}; expected one of {allowed}"
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-    return msg + (f" (did you mean {close[0]!r}?)" if close else "")
+__all__ = ["AuditConfig", "LRRange", "LoadedConfig", "load_config", "load_mapping",
+           "validate_data"]
 
 
 @dataclass
@@ -326,7 +106,7 @@ def _format_validation_error(exc: ValidationError, source: yamlsafe.SourceMap,
             continue
         if kind == "literal_error":
             choices = tuple(re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
-            msg = _choice_message(str(err.get("input")), choices)
+            msg = choice_message(str(err.get("input")), choices)
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
             msg = f"expected a mapping, got {_describe(err.get('input'))}"
         elif kind == "list_type":
@@ -407,3 +187,25 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     raw, source = yamlsafe.load(path)
     config, overridden = validate_data(raw, source, overrides, defaults)
     return LoadedConfig(config=config, path=path, source=source, overridden=overridden)
+
+
+class _NoLines(yamlsafe.SourceMap):
+    """Where a config given as a Python dict has no lines: ``<dict>: key.path: message``."""
+
+    def format(self, path: yamlsafe.Path_, message: str, prefer_key: bool = False) -> str:
+        """Format one error as ``<dict>: key.path: message``."""
+        dotted = yamlsafe.dotted_path(path)
+        return f"{self.filename}: {dotted}: {message}" if dotted else \
+            f"{self.filename}: {message}"
+
+
+def load_mapping(raw: Any, overrides: dict[str, Any] | None = None,
+                 base_dir: str | Path | None = None) -> LoadedConfig:
+    """Validate a config given as a dict (the Python API); relative paths in it resolve
+    against ``base_dir`` (default: the working directory). Errors read ``<dict>: key: …``."""
+    source = _NoLines(filename="<dict>")
+    config, overridden = validate_data(copy.deepcopy(raw) if isinstance(raw, dict) else raw,
+                                       source, overrides)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    return LoadedConfig(config=config, path=base / "<dict>", source=source,
+                        overridden=overridden)

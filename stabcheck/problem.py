@@ -14,7 +14,7 @@ import inspect
 import math
 import pickle
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +24,19 @@ from torch import nn
 
 from stabcheck import optimizers
 from stabcheck.builtins.data import DATASETS
+from stabcheck.builtins.hf import hf, hf_data
 from stabcheck.builtins.models import MODELS
 from stabcheck.config import LoadedConfig
+from stabcheck.datafiles import read_data_file
 from stabcheck.errors import ConfigError, UserCodeError
-from stabcheck.references import ReferenceProblem, check_kwargs, resolve_callable
+from stabcheck.references import ReferenceProblem, check_kwargs, resolve_callable, resolve_paths
+from stabcheck.tensordata import Batch, DataShapeError, TensorData, as_tensor_data, nonfinite
 
-Batch = tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+__all__ = ["Batch", "LossFn", "Problem", "TensorData", "build_problem", "make_loss_fn"]
+
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
-
-
-@dataclass
-class TensorData:
-    """An in-memory dataset: a tuple or a dict of tensors sharing their first dimension."""
-
-    tensors: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
-
-    @property
-    def n(self) -> int:
-        """Number of samples."""
-        first = next(iter(self.tensors.values())) if isinstance(self.tensors, dict) \
-            else self.tensors[0]
-        return int(first.shape[0])
-
-    def to(self, device: torch.device) -> TensorData:
-        """A copy with every tensor on ``device``."""
-        if isinstance(self.tensors, dict):
-            return TensorData({k: v.to(device) for k, v in self.tensors.items()})
-        return TensorData(tuple(t.to(device) for t in self.tensors))
-
-    def batch(self, index: torch.Tensor) -> Batch:
-        """Gather the samples at ``index`` (any shape of indices, e.g. ``[P, B]``)."""
-        if isinstance(self.tensors, dict):
-            return {k: v[index] for k, v in self.tensors.items()}
-        return tuple(t[index] for t in self.tensors)
+BUILTIN_MODELS: dict[str, Callable[..., Any]] = {**MODELS, "hf": hf}
+BUILTIN_DATASETS: dict[str, Callable[..., Any]] = {**DATASETS, "hf": hf_data}
 
 
 @dataclass
@@ -72,6 +52,7 @@ class Problem:
     device: torch.device
     num_classes: int | None
     loss_name: str
+    notes: list[str] = field(default_factory=list)  # conversions made on the user's behalf
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -110,7 +91,8 @@ def _builder(loaded: LoadedConfig, section: str, registry: Mapping[str, Callable
         check_kwargs(fn, spec.kwargs, label)
     except ReferenceProblem as exc:
         raise loaded.error_at((section, "kwargs"), str(exc)) from None
-    return fn, dict(spec.kwargs), user
+    kwargs = resolve_paths(dict(spec.kwargs), loaded.base_dir) if user else dict(spec.kwargs)
+    return fn, kwargs, user
 
 
 def _call_user(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, user: bool,
@@ -126,54 +108,6 @@ def _call_user(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, user: 
         raise loaded.error_at(path, f"{what} failed: {detail}") from None
 
 
-def _as_tensor_data(obj: Any, max_samples: int, where: str) -> TensorData:
-    if isinstance(obj, torch.Tensor):
-        return TensorData((obj,))
-    if isinstance(obj, tuple | list) and obj and all(isinstance(t, torch.Tensor) for t in obj):
-        data = TensorData(tuple(obj))
-    elif isinstance(obj, dict) and obj and all(isinstance(t, torch.Tensor) for t in obj.values()):
-        data = TensorData({str(k): v for k, v in obj.items()})
-    elif isinstance(obj, torch.utils.data.Dataset):
-        data = _materialise(obj, max_samples, where)
-    else:
-        raise UserCodeError(f"{where} returned {type(obj).__name__}; expected a torch Dataset, "
-                            "a tuple of tensors (inputs, targets) or a dict of tensors")
-    tensors = data.tensors.values() if isinstance(data.tensors, dict) else data.tensors
-    sizes = {int(t.shape[0]) if t.dim() else -1 for t in tensors}
-    if len(sizes) != 1 or -1 in sizes:
-        raise UserCodeError(f"{where} returned tensors whose first dimensions differ: "
-                            f"{sorted(sizes)}")
-    if data.n == 0:
-        raise UserCodeError(f"{where} returned an empty dataset")
-    return data
-
-
-def _materialise(dataset: torch.utils.data.Dataset[Any], max_samples: int,
-                 where: str) -> TensorData:
-    # Probes are short, so a Dataset is read once into memory; every probe then draws its
-    # batches by index gathers, on the device, with no DataLoader workers to coordinate.
-    try:
-        size = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise UserCodeError(f"{where} returned a Dataset without __len__; stabcheck needs a "
-                            "map-style Dataset") from None
-    count = min(size, max_samples)
-    try:
-        items = [dataset[i] for i in range(count)]
-        batch = torch.utils.data.default_collate(items)
-    except Exception as exc:
-        raise UserCodeError(f"reading {where}'s Dataset raised {type(exc).__name__}: {exc}") \
-            from exc
-    if isinstance(batch, torch.Tensor):
-        return TensorData((batch,))
-    if isinstance(batch, list | tuple):
-        return TensorData(tuple(batch))
-    if isinstance(batch, dict):
-        return TensorData(dict(batch))
-    raise UserCodeError(f"{where}'s Dataset items collate to {type(batch).__name__}; expected "
-                        "tensors, tuples or dicts of tensors")
-
-
 def _extract_loss(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
@@ -182,8 +116,27 @@ def _extract_loss(output: Any) -> torch.Tensor:
     loss = getattr(output, "loss", None)
     if isinstance(loss, torch.Tensor):
         return loss
-    raise TypeError(f"with loss: model, forward must return the loss (a tensor, or a dict or "
-                    f"object with 'loss'); it returned {type(output).__name__}")
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]  # (loss, logits, ...) as return_dict=False models return it
+    raise TypeError(f"with loss: model, forward must return the loss (a tensor, a dict or "
+                    f"object with 'loss', or a tuple whose first element is the loss); it "
+                    f"returned {type(output).__name__}")
+
+
+def primary_output(output: Any) -> torch.Tensor:
+    """The tensor a criterion compares with the targets: the output itself, a model output's
+    ``logits`` (Hugging Face), or the first element of a tuple (``(logits, aux)``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits",
+                                                                            None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"the model returned {type(output).__name__}; a loss other than 'model' "
+                    "needs a tensor, an output with .logits, or a tuple whose first element is "
+                    "the prediction")
 
 
 def _builtin_criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -219,11 +172,11 @@ def make_loss_fn(loss: str, criterion: Callable[..., torch.Tensor] | None,
     def criterion_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
         if isinstance(batch, dict):
             inputs = {k: v for k, v in batch.items() if k != target_key}
-            return criterion(model(**inputs), batch[target_key])
+            return criterion(primary_output(model(**inputs)), batch[target_key])
         if len(batch) < 2:
             raise ValueError("this loss needs (inputs, targets); the data has only inputs "
                              "(use loss: model if the model computes its own loss)")
-        return criterion(model(*batch[:-1]), batch[-1])
+        return criterion(primary_output(model(*batch[:-1])), batch[-1])
     return criterion_loss
 
 
@@ -286,8 +239,10 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
     forward pass of a tiny batch produces a finite scalar loss.
     """
     cfg = loaded.config
-    model_fn, model_kwargs, model_is_user = _builder(loaded, "model", MODELS)
-    data_fn, data_kwargs, data_is_user = _builder(loaded, "data", DATASETS)
+    model_fn, model_kwargs, model_is_user = _builder(loaded, "model", BUILTIN_MODELS)
+    data_is_user = cfg.data.factory is not None
+    if cfg.data.path is None:
+        data_fn, data_kwargs, data_is_user = _builder(loaded, "data", BUILTIN_DATASETS)
     criterion = None
     if cfg.loss != "model":
         criterion = _reference(loaded, ("loss",), cfg.loss) if ":" in cfg.loss \
@@ -299,9 +254,22 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
         except ValueError as exc:
             raise loaded.error_at(("probe", "device"), str(exc)) from None
 
-    raw_data = _call_user(data_fn, data_kwargs, "the data factory", data_is_user, loaded,
-                          ("data", "kwargs"))
-    data = _as_tensor_data(raw_data, cfg.data.max_samples, "the data factory")
+    notes: list[str] = []
+    if cfg.data.path is not None:
+        tensors, notes = read_data_file(loaded)
+        data = TensorData(tensors)
+    else:
+        raw_data = _call_user(data_fn, data_kwargs, "the data factory", data_is_user, loaded,
+                              ("data", "kwargs"))
+        try:
+            data = as_tensor_data(raw_data, cfg.data.max_samples, "the data factory", notes)
+        except DataShapeError as exc:
+            raise loaded.error_at(("data", "factory" if data_is_user else "builtin"), str(exc)
+                                  ) from None
+    bad = nonfinite(data)
+    if bad:
+        raise loaded.error_at(("data",), f"the data is not finite: {bad}; drop or fill those "
+                              "samples before auditing")
     for i, bs in enumerate(cfg.sweep.batch_sizes):
         if bs > data.n:
             raise loaded.error_at(("sweep", "batch_sizes", i),
@@ -320,8 +288,9 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
         model = _call_user(model_fn, model_kwargs, "the model factory", model_is_user, loaded,
                            ("model", "kwargs"))
         if not isinstance(model, nn.Module):
-            raise UserCodeError(f"the model factory returned {type(model).__name__}, not an "
-                                "nn.Module")
+            raise loaded.error_at(("model", "factory"), f"the model factory returned "
+                                  f"{type(model).__name__}; expected a torch nn.Module (return "
+                                  "the model itself, not a tuple or a class)")
         if checkpoint is not None:
             try:
                 _load_checkpoint(model, checkpoint)
@@ -344,7 +313,7 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
     return Problem(build_model=build_model, data=data, loss_fn=loss_fn,
                    make_optimizer=make_optimizer, optimizer_name=cfg.optimizer.name,
                    optimizer_kwargs=dict(cfg.optimizer.kwargs), device=device,
-                   num_classes=num_classes, loss_name=cfg.loss)
+                   num_classes=num_classes, loss_name=cfg.loss, notes=notes)
 
 
 def _trial_forward(loaded: LoadedConfig, build_model: Callable[[], nn.Module], data: TensorData,
@@ -353,9 +322,8 @@ def _trial_forward(loaded: LoadedConfig, build_model: Callable[[], nn.Module], d
     torch.manual_seed(0)
     model = build_model()
     batch = data.batch(torch.arange(min(2, data.n)))
-    outputs: list[torch.Tensor] = []
-    hook = model.register_forward_hook(lambda _m, _i, out: outputs.append(out)
-                                       if isinstance(out, torch.Tensor) else None)
+    outputs: list[Any] = []
+    hook = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
     try:
         loss = loss_fn(model, batch)
     except (KeyboardInterrupt, SystemExit):
@@ -369,11 +337,36 @@ def _trial_forward(loaded: LoadedConfig, build_model: Callable[[], nn.Module], d
     finally:
         hook.remove()
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise UserCodeError(f"the loss must be a scalar tensor; got {shape}")
+        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) \
+            else type(loss).__name__
+        raise loaded.error_at(("loss",), f"the loss must be a scalar tensor; it returned {got} "
+                              "(reduce it, e.g. with .mean())")
     if loaded.config.loss == "cross_entropy" and outputs:
-        return int(outputs[-1].shape[-1])
+        try:
+            return int(primary_output(outputs[-1]).shape[-1])
+        except TypeError:
+            return None
     return None
+
+
+def check_largest_batch(loaded: LoadedConfig, problem: Problem) -> None:
+    """One forward and backward pass at the largest swept batch size (``validate``), so a
+    batch that does not fit the model or the device fails before the audit, not in it."""
+    bs = max(loaded.config.sweep.batch_sizes)
+    torch.manual_seed(0)
+    try:
+        model = problem.build_model().to(problem.device)
+        batch = problem.data.to(problem.device).batch(torch.arange(bs, device=problem.device))
+        problem.loss_fn(model, batch).backward()
+    except torch.cuda.OutOfMemoryError:
+        raise loaded.error_at(("sweep", "batch_sizes"), f"batch size {bs} does not fit in "
+                              f"{problem.device} memory (a trial step ran out of memory)"
+                              ) from None
+    except (KeyboardInterrupt, SystemExit, ConfigError):
+        raise
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise UserCodeError(f"a trial step at batch size {bs} raised {detail}") from exc
 
 
 def log_num_classes(problem: Problem) -> float | None:

@@ -138,3 +138,28 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], label: str) -> 
                     f" (it takes: {', '.join(params) or 'nothing'})"
                 raise ReferenceProblem(f"{label} does not take {key!r}{hint}") from None
         raise ReferenceProblem(f"{label}: {message}") from None
+
+
+def resolve_paths(kwargs: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Factory kwargs with relative paths made relative to the config file.
+
+    The rule: a string value (at the top level, or in a top-level list) that is a relative
+    path naming a file or directory that exists under ``base_dir`` (the config file's
+    directory) is replaced by that absolute path. Every other value is passed unchanged, so
+    ``"relu"`` stays ``"relu"`` and a path to a file that does not exist yet (an output) is
+    left for the factory to interpret.
+    """
+    def fix(value: Any) -> Any:
+        if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
+            return value
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return value
+        candidate = base_dir / path
+        try:
+            return str(candidate.resolve()) if candidate.exists() else value
+        except (OSError, ValueError):
+            return value
+
+    return {k: [fix(v) for v in value] if isinstance(value, list) else fix(value)
+            for k, value in kwargs.items()}

@@ -179,10 +179,19 @@ def test_validate(runner: CliRunner, write_config) -> None:
     assert result.exit_code == 2
 
 
-def test_validate_user_code_error_is_exit_2(runner: CliRunner, write_config, write_module) -> None:
-    write_module("bad.py", "def build():\n    raise RuntimeError('boom')\n")
-    path = write_config({"model": {"builtin": None, "factory": "./bad.py:build", "kwargs": {}}})
-    assert invoke(runner, "validate", path).exit_code == 2
+def test_validate_and_audit_agree_on_user_code_errors(runner: CliRunner, write_config,
+                                                      write_module) -> None:
+    write_module("bad.py", "def build():\n    raise RuntimeError('boom')\n\n"
+                 "def wrong():\n    return 42\n")
+    raises = write_config({"model": {"builtin": None, "factory": "./bad.py:build",
+                                     "kwargs": {}}})
+    returns = write_config({"model": {"builtin": None, "factory": "./bad.py:wrong",
+                                      "kwargs": {}}}, name="wrong.yaml")
+    for path, code in ((raises, 3), (returns, 2)):  # raised: 3; returned the wrong thing: 2
+        validated = invoke(runner, "validate", path)
+        audited = invoke(runner, "audit", path, "--out", path.parent / f"out-{path.stem}")
+        assert validated.exit_code == audited.exit_code == code
+        assert validated.stderr.splitlines()[-1] == audited.stderr.splitlines()[-1]
 
 
 def test_init_writes_a_config_that_validates(runner: CliRunner, tmp_path: Path) -> None:

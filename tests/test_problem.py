@@ -129,24 +129,35 @@ def test_reference_that_does_not_import(write_config) -> None:
         build_problem(load_config(path))
 
 
-@pytest.mark.parametrize("factory,message", [
-    ("./models.py:not_a_module", "returned int, not an nn.Module"),
-    ("./models.py:explodes", "the model factory raised RuntimeError: cannot build"),
-])
-def test_user_model_failures_are_user_code_errors(write_config, user_code, factory: str,
-                                                  message: str) -> None:
-    path = write_config({"model": {"builtin": None, "factory": factory, "kwargs": {}}})
-    with pytest.raises(UserCodeError, match=message):
+def test_user_model_that_raises_is_a_user_code_error(write_config, user_code) -> None:
+    path = write_config({"model": {"builtin": None, "factory": "./models.py:explodes",
+                                   "kwargs": {}}})
+    with pytest.raises(UserCodeError, match="the model factory raised RuntimeError: cannot "
+                                            "build") as info:
         build_problem(load_config(path))
+    assert info.value.exit_code == 3
+
+
+def test_user_model_returning_the_wrong_thing_is_a_config_error(write_config, user_code) -> None:
+    path = write_config({"model": {"builtin": None, "factory": "./models.py:not_a_module",
+                                   "kwargs": {}}})
+    with pytest.raises(ConfigError, match=r"config.yaml:\d+:\d+: model.factory: the model "
+                                          r"factory returned int; expected a torch nn.Module") \
+            as info:
+        build_problem(load_config(path))
+    assert info.value.exit_code == 2
 
 
 @pytest.mark.parametrize("factory,message", [
-    ("./data.py:ragged", "first dimensions differ"),
-    ("./data.py:wrong_type", "returned list; expected a torch Dataset"),
+    ("./data.py:ragged", r"first dimensions \(samples\) differ: inputs \(10, 4\), targets "
+                         r"\(9,\)"),
+    ("./data.py:wrong_type", r"data.factory: the data factory returned a list of \(int, int, "
+                             r"int\); expected a torch Dataset"),
 ])
-def test_bad_user_data(write_config, user_code, factory: str, message: str) -> None:
+def test_bad_user_data_is_a_config_error(write_config, user_code, factory: str,
+                                         message: str) -> None:
     path = write_config({"data": {"builtin": None, "factory": factory, "kwargs": {}}})
-    with pytest.raises(UserCodeError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_problem(load_config(path))
 
 

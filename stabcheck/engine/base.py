@@ -43,7 +43,7 @@ class EngineSettings:
 
     @classmethod
     def from_config(cls, probe: Any) -> EngineSettings:
-        """Build from a :class:`stabcheck.config.ProbeSection`."""
+        """Build from a :class:`stabcheck.schema.ProbeSection`."""
         return cls(steps=probe.steps, grad_clip=probe.grad_clip, warmup_steps=probe.warmup_steps,
                    dtype=probe.dtype, flush_every=probe.flush_every, timeout_s=probe.timeout_s,
                    curvature_every=probe.curvature_every,

@@ -1,4 +1,9 @@
-"""Per-step traces as a table (CSV, or Parquet through pandas + pyarrow)."""
+"""Per-step traces as a table (CSV, or Parquet through pandas + pyarrow).
+
+Besides the global statistics, each layer's gradient norm is a column
+``layer_grad_norm:<layer name>`` (layers in depth order, as the JSON report's
+``probes[].layers.names``), so flow through depth can be plotted from the table alone.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,15 @@ if TYPE_CHECKING:
     from stabcheck.result import AuditResult
 
 
+LAYER_PREFIX = "layer_grad_norm:"
+
+
 def traces_frame(result: AuditResult) -> pd.DataFrame:
     """One row per (probe, step): the probe's grid point and status, then every statistic.
 
     The trace's own per-step learning rate (after warmup) is the ``step_lr`` column; ``lr``
-    is the probe's grid learning rate.
+    is the probe's grid learning rate; ``layer_grad_norm:<name>`` columns hold the per-layer
+    gradient norms (empty where a probe has no such layer).
     """
     import pandas as pd
 
@@ -26,6 +35,10 @@ def traces_frame(result: AuditResult) -> pd.DataFrame:
         r = p.record
         frame = pd.DataFrame({("step_lr" if name == "lr" else name): r.series(name)
                               for name in r.trace})
+        layers = r.layer_matrix()
+        if layers.shape[0] == len(frame) and layers.shape[1] == len(r.layer_names):
+            for j, name in enumerate(r.layer_names):
+                frame[f"{LAYER_PREFIX}{name}"] = layers[:, j]
         frame.insert(0, "step", range(len(frame)))
         for col, value in (("status", p.status), ("batch_size", r.batch_size),
                            ("seed", r.seed), ("lr", r.lr), ("probe", r.index)):

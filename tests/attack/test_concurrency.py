@@ -16,7 +16,7 @@ from tests.attack.helpers import TWO_PROBES, journal_lines, one_line_error, run
 from tests.conftest import deep_update
 
 
-def test_a_second_audit_on_a_locked_directory_is_refused(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_audit_on_a_locked_directory_is_refused(write_config, tmp_path: Path) -> None:
     config, out = write_config(TWO_PROBES), tmp_path / "r"
     assert run("audit", config, "--out", out).exit_code == 0
     with lock_directory(out):  # as a running audit holds it
@@ -32,7 +32,7 @@ def test_a_second_audit_on_a_locked_directory_is_refused(write_config, tmp_path:
 
 
 @pytest.mark.slow
-def test_two_real_processes_on_one_out(write_config, write_module, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_two_real_processes_on_one_out(write_config, write_module, tmp_path: Path) -> None:
     hold = tmp_path / "hold"
     hold.write_text("")
     write_module("slow.py", f"""

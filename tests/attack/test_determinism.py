@@ -19,7 +19,7 @@ def _without_timings(value: Any) -> Any:
     return value
 
 
-def test_three_cpu_runs_are_identical_except_timings(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_three_cpu_runs_are_identical_except_timings(write_config, tmp_path: Path) -> None:
     path = write_config(deep_update(TWO_PROBES, {"sweep": {"learning_rates": [0.01, 3.0],
                                                            "seeds": [0, 1]}}))
     reports = []

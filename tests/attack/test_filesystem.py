@@ -13,11 +13,11 @@ from tests.attack.helpers import TWO_PROBES, one_line_error, report, run
 
 
 @pytest.fixture
-def config(write_config):  # type: ignore[no-untyped-def]
+def config(write_config):
     return write_config(TWO_PROBES)
 
 
-def test_unwritable_outputs_are_refused_before_the_audit_runs(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unwritable_outputs_are_refused_before_the_audit_runs(config, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     for flag in (["-o", f"junit={blocker}/junit.xml"], ["--traces", f"{blocker}/t.csv"],
@@ -29,7 +29,7 @@ def test_unwritable_outputs_are_refused_before_the_audit_runs(config, tmp_path: 
         assert not out.exists()  # refused up front: no probe ran, no directory was made
 
 
-def test_outputs_naming_the_journal_are_refused(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_outputs_naming_the_journal_are_refused(config, tmp_path: Path) -> None:
     out = tmp_path / "r"
     for flag in (["-o", f"json={out}/probes.jsonl"], ["--traces", f"{out}/probes.jsonl"]):
         result = run("audit", config, "--out", out, *flag)
@@ -40,7 +40,7 @@ def test_outputs_naming_the_journal_are_refused(config, tmp_path: Path) -> None:
     assert result.exit_code == 2 and (out / "probes.jsonl").read_bytes() == before
 
 
-def test_an_existing_report_is_kept_without_overwrite(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_existing_report_is_kept_without_overwrite(config, tmp_path: Path) -> None:
     out = tmp_path / "r"
     out.mkdir()
     (out / "report.json").write_text("precious")
@@ -51,14 +51,14 @@ def test_an_existing_report_is_kept_without_overwrite(config, tmp_path: Path) ->
     assert report(out)["verdict"] == "passed"
 
 
-def test_out_naming_a_file_is_one_line(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_out_naming_a_file_is_one_line(config, tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
     result = run("audit", config, "--out", target)
     assert result.exit_code == 2 and "names a file" in one_line_error(result)
 
 
-def test_a_symlinked_results_directory_works(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_symlinked_results_directory_works(config, tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
@@ -82,7 +82,7 @@ def test_report_json_is_replaced_atomically(tmp_path: Path,
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_a_read_only_results_directory_is_one_line(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_read_only_results_directory_is_one_line(config, tmp_path: Path) -> None:
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o500)

@@ -13,7 +13,7 @@ from tests.attack.helpers import TWO_PROBES, journal_lines, one_line_error, repo
 from tests.conftest import deep_update
 
 
-def test_sys_exit_0_in_the_factory_is_exit_3(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_sys_exit_0_in_the_factory_is_exit_3(write_config, write_module) -> None:
     write_module("quits.py", "import sys\ndef build():\n    sys.exit(0)\n")
     path = write_config(deep_update(TWO_PROBES, {"model": {
         "builtin": None, "factory": "./quits.py:build", "kwargs": {}}}))
@@ -25,7 +25,7 @@ def test_sys_exit_0_in_the_factory_is_exit_3(write_config, write_module) -> None
 
 
 def test_sys_exit_0_in_forward_under_the_local_executor_is_exit_3_with_a_report(
-        write_config, write_module, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        write_config, write_module, tmp_path: Path) -> None:
     write_module("quits_late.py", """
         import sys
         import inspect
@@ -47,7 +47,7 @@ def test_sys_exit_0_in_forward_under_the_local_executor_is_exit_3_with_a_report(
     assert report(out)["verdict"] == "incomplete" and report(out)["complete"] is False
 
 
-def _resume_with(write_config, tmp_path: Path, first: dict, second: dict):  # type: ignore[no-untyped-def]
+def _resume_with(write_config, tmp_path: Path, first: dict, second: dict):
     out = tmp_path / "r"
     done = run("audit", write_config(deep_update(TWO_PROBES, first), name="a.yaml"),
                "--out", out, "--format", "json")
@@ -57,7 +57,7 @@ def _resume_with(write_config, tmp_path: Path, first: dict, second: dict):  # ty
     return done, again, out
 
 
-def test_resume_with_a_stricter_fail_on_fails_as_a_fresh_run_would(write_config,  # type: ignore[no-untyped-def]
+def test_resume_with_a_stricter_fail_on_fails_as_a_fresh_run_would(write_config,
                                                                    tmp_path: Path) -> None:
     diverging = {"sweep": {"learning_rates": [0.01, 1e4]}}
     done, again, out = _resume_with(write_config, tmp_path,
@@ -71,7 +71,7 @@ def test_resume_with_a_stricter_fail_on_fails_as_a_fresh_run_would(write_config,
     assert run("report", out).exit_code == 1
 
 
-def test_resume_with_changed_thresholds_target_lr_and_name_uses_the_current_ones(  # type: ignore[no-untyped-def]
+def test_resume_with_changed_thresholds_target_lr_and_name_uses_the_current_ones(
         write_config, tmp_path: Path) -> None:
     done, again, _ = _resume_with(
         write_config, tmp_path, {"name": "before"},
@@ -84,14 +84,14 @@ def test_resume_with_changed_thresholds_target_lr_and_name_uses_the_current_ones
     assert again.exit_code == 1, again.stderr
 
 
-def _audit(write_config, out: Path, updates: dict, name: str) -> Path:  # type: ignore[no-untyped-def]
+def _audit(write_config, out: Path, updates: dict, name: str) -> Path:
     result = run("audit", write_config(deep_update(TWO_PROBES, updates), name=name), "--out",
                  out, "--format", "json")
     assert result.exit_code in (0, 1), result.output
     return out
 
 
-def test_compare_fails_an_incomplete_or_empty_new(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_compare_fails_an_incomplete_or_empty_new(write_config, tmp_path: Path) -> None:
     base = _audit(write_config, tmp_path / "base", {}, "base.yaml")
     assert run("compare", base, base).exit_code == 0
     # NEW killed after one of two probes: only the journal's header and first probe remain
@@ -114,7 +114,7 @@ def test_compare_fails_an_incomplete_or_empty_new(write_config, tmp_path: Path) 
     assert result.exit_code == 2 and "BASELINE" in one_line_error(result)
 
 
-def test_compare_fails_when_new_lacks_a_batch_size_of_the_baseline(write_config,  # type: ignore[no-untyped-def]
+def test_compare_fails_when_new_lacks_a_batch_size_of_the_baseline(write_config,
                                                                    tmp_path: Path) -> None:
     base = _audit(write_config, tmp_path / "base", {"sweep": {"batch_sizes": [8, 16]}},
                   "base.yaml")

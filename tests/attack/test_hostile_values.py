@@ -75,7 +75,7 @@ def test_an_lr_range_of_one_value_with_num_over_1_is_refused() -> None:
             "sweep": {"learning_rates": {"min": 0.1, "max": 0.1, "num": 5}}}, SourceMap("c"))
 
 
-def test_optimizer_options_torch_rejects_are_a_config_error(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_optimizer_options_torch_rejects_are_a_config_error(write_config) -> None:
     for kwargs in ({"momentum": -1}, {"momentum": math.nan}, {"weight_decay": math.inf},
                    {"nesterov": True}, {"momentum": 0.9, "dampening": "lots"}):
         result = run("validate", write_config({"optimizer": {"name": "sgd", "kwargs": kwargs}}))
@@ -86,7 +86,7 @@ def test_optimizer_options_torch_rejects_are_a_config_error(write_config) -> Non
         assert result.exit_code == 2, (kwargs, result.output)
 
 
-def test_a_very_long_name_stays_a_short_directory(write_config, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_a_very_long_name_stays_a_short_directory(write_config, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = run("audit", write_config(deep_update(TWO_PROBES, {"name": "n" * 199})))
@@ -97,7 +97,7 @@ def test_a_very_long_name_stays_a_short_directory(write_config, tmp_path: Path, 
     assert too_long.exit_code == 2 and "name" in one_line_error(too_long)
 
 
-def test_unicode_and_path_traversal_in_name_stay_inside_the_results_root(  # type: ignore[no-untyped-def]
+def test_unicode_and_path_traversal_in_name_stay_inside_the_results_root(
         write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = run("audit", write_config(deep_update(TWO_PROBES, {"name": "../../é\x1b[31m/.."})))
@@ -106,7 +106,7 @@ def test_unicode_and_path_traversal_in_name_stay_inside_the_results_root(  # typ
     assert made.parent == tmp_path / "stabcheck-results" and ".." not in made.name
 
 
-def test_a_huge_sweep_is_refused_with_the_limit_unless_asked_for(write_config) -> None:  # type: ignore[no-untyped-def]
+def test_a_huge_sweep_is_refused_with_the_limit_unless_asked_for(write_config) -> None:
     path = write_config({"sweep": {"learning_rates": {"min": 1e-4, "max": 1.0, "num": 1000},
                                    "seeds": list(range(21))}})
     result = run("audit", path)
@@ -116,12 +116,12 @@ def test_a_huge_sweep_is_refused_with_the_limit_unless_asked_for(write_config) -
 
 
 @pytest.mark.parametrize("grace", ["inf", "nan", "-1", "1e9"])
-def test_grace_must_be_finite_and_bounded(write_config, grace: str) -> None:  # type: ignore[no-untyped-def]
+def test_grace_must_be_finite_and_bounded(write_config, grace: str) -> None:
     result = run("audit", write_config(TWO_PROBES), "--grace", grace)
     assert result.exit_code == 2 and "--grace" in result.stderr
 
 
-def test_huge_but_harmless_values_run_to_a_verdict(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_huge_but_harmless_values_run_to_a_verdict(write_config, tmp_path: Path) -> None:
     path = write_config(deep_update(TWO_PROBES, {
         "probe": {"grad_clip": 1e300, "timeout_s": 1e6}, "target_lr": 1e300,
         "target_batch_size": 10**12, "data": {"max_samples": 10**15}}))

@@ -17,7 +17,7 @@ from tests.conftest import deep_update
 
 
 @pytest.fixture
-def finished(write_config, tmp_path: Path):  # type: ignore[no-untyped-def]
+def finished(write_config, tmp_path: Path):
     """A finished two-probe audit: (config path, results directory, its journal's lines)."""
     path = write_config(TWO_PROBES)
     out = tmp_path / "r"
@@ -33,7 +33,7 @@ def _statuses(out: Path) -> list[tuple[float, str]]:
     return sorted((p["lr"], p["status"]) for p in report(out)["probes"])
 
 
-def test_truncated_last_line_is_cut_and_the_probe_rerun(finished) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_last_line_is_cut_and_the_probe_rerun(finished) -> None:
     path, out, lines = finished
     before = _statuses(out)
     last = _probe_lines(lines)[-1]
@@ -43,7 +43,7 @@ def test_truncated_last_line_is_cut_and_the_probe_rerun(finished) -> None:  # ty
     assert sum(1 for e in journal_lines(out) if e["type"] == "probe") == 2  # none duplicated
 
 
-def test_complete_but_unparsable_last_line_is_skipped_said_and_cut_on_resume(finished) -> None:  # type: ignore[no-untyped-def]
+def test_complete_but_unparsable_last_line_is_skipped_said_and_cut_on_resume(finished) -> None:
     path, out, lines = finished
     before = _statuses(out)
     last = _probe_lines(lines)[-1]
@@ -65,7 +65,7 @@ def test_complete_but_unparsable_last_line_is_skipped_said_and_cut_on_resume(fin
                                      b'{"type":"event","x":' + b"[" * 100_000 + b"\n",
                                      b'{"type":"event","n":' + b"9" * 5000 + b"}\n",
                                      b"\xff\xfe binary\n"])
-def test_a_bad_line_mid_file_is_refused_with_its_line_number(finished, garbage: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_line_mid_file_is_refused_with_its_line_number(finished, garbage: bytes) -> None:
     path, out, lines = finished
     first = _probe_lines(lines)[0]
     (out / JOURNAL_NAME).write_bytes("".join(lines[:first]).encode() + garbage
@@ -77,7 +77,7 @@ def test_a_bad_line_mid_file_is_refused_with_its_line_number(finished, garbage: 
         assert f"{JOURNAL_NAME}:{first + 1}: corrupt journal line" in one_line_error(result)
 
 
-def test_a_probe_line_from_another_config_is_refused(finished, write_config,  # type: ignore[no-untyped-def]
+def test_a_probe_line_from_another_config_is_refused(finished, write_config,
                                                      tmp_path: Path) -> None:
     _path, out, lines = finished
     other = tmp_path / "other"
@@ -90,21 +90,21 @@ def test_a_probe_line_from_another_config_is_refused(finished, write_config,  # 
     assert "does not belong to this journal's config" in one_line_error(result)
 
 
-def test_a_second_header_does_not_silently_drop_the_probes_before_it(finished) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_header_does_not_silently_drop_the_probes_before_it(finished) -> None:
     _path, out, lines = finished
     (out / JOURNAL_NAME).write_text("".join(lines) + lines[0])
     result = run("report", out)
     assert result.exit_code == 3 and "a second header line" in one_line_error(result)
 
 
-def test_a_huge_valid_line_is_read(finished) -> None:  # type: ignore[no-untyped-def]
+def test_a_huge_valid_line_is_read(finished) -> None:
     _path, out, lines = finished
     event = json.dumps({"type": "event", "event": "note", "padding": "x" * 20_000_000})
     (out / JOURNAL_NAME).write_text("".join(lines) + event + "\n")
     assert run("report", out).exit_code == 0
 
 
-def test_disk_full_during_a_journal_write_says_so_and_where(finished, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_disk_full_during_a_journal_write_says_so_and_where(finished, monkeypatch) -> None:
     _path, out, _ = finished
     journal = Journal(out)
 
@@ -117,7 +117,7 @@ def test_disk_full_during_a_journal_write_says_so_and_where(finished, monkeypatc
         journal.append_event({"event": "x"})
 
 
-def test_disk_full_at_the_start_is_one_line(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_disk_full_at_the_start_is_one_line(write_config, tmp_path: Path) -> None:
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
     out = tmp_path / "r"

@@ -10,7 +10,7 @@ from tests.attack.helpers import TWO_PROBES, run
 from tests.conftest import deep_update
 
 
-def test_junit_is_valid_xml_with_ansi_and_control_characters(write_config, write_module,  # type: ignore[no-untyped-def]
+def test_junit_is_valid_xml_with_ansi_and_control_characters(write_config, write_module,
                                                              tmp_path: Path) -> None:
     write_module("colourful.py", """
         import inspect
