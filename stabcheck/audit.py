@@ -20,11 +20,11 @@ from stabcheck.api import AuditResult as PublicResult
 from stabcheck.api import config_overrides
 from stabcheck.config import LoadedConfig, load_config, load_mapping
 from stabcheck.engine import Engine, EngineSettings
-from stabcheck.errors import ConfigError
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.initcheck import initial_checks
 from stabcheck.engine.sequential import free_memory
 from stabcheck.engine.vectorized import select_engine
+from stabcheck.errors import ConfigError
 from stabcheck.executors import DEFAULT_GRACE_S, Executor, Interrupts, Job, choose_executor
 from stabcheck.journal import REPORT_NAME, Journal, JournalContents, read_journal
 from stabcheck.plan import config_digest, make_cohorts, plan_probes

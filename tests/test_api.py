@@ -26,7 +26,6 @@ def test_the_documented_example_runs_verbatim(tmp_path: Path) -> None:
 
 def test_from_stabcheck_import_audit_is_callable(write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import stabcheck.audit as module  # the submodule, imported first: it must still be callable
-
     from stabcheck import audit
     assert audit is module
     result = audit(write_config(), steps=6, lr=0.01, seeds=[0], out_dir=tmp_path / "r")

@@ -179,7 +179,8 @@ def test_validate(runner: CliRunner, write_config) -> None:  # type: ignore[no-u
     assert result.exit_code == 2
 
 
-def test_validate_and_audit_agree_on_user_code_errors(runner: CliRunner, write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_validate_and_audit_agree_on_user_code_errors(  # type: ignore[no-untyped-def]
+        runner: CliRunner, write_config, write_module) -> None:
     write_module("bad.py", "def build():\n    raise RuntimeError('boom')\n\n"
                  "def wrong():\n    return 42\n")
     raises = write_config({"model": {"builtin": None, "factory": "./bad.py:build",

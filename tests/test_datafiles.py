@@ -159,7 +159,8 @@ def tuple_model():
 """
 
 
-def test_numpy_and_float64_factory_data_are_converted_with_a_note(write_config, write_module) -> None:  # type: ignore[no-untyped-def]
+def test_numpy_and_float64_factory_data_are_converted_with_a_note(  # type: ignore[no-untyped-def]
+        write_config, write_module) -> None:
     write_module("user.py", FACTORIES)
     for factory, note in (("numpy_data", "the data factory's inputs: NumPy array converted to "
                                          "a tensor"),

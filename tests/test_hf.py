@@ -89,7 +89,8 @@ def test_mistakes_are_config_errors_naming_what_to_change() -> None:
             ({"config": "gtp2"}, "unknown config 'gtp2'; expected one of gpt2, llama"),
             ({"config": "gpt2", "task": "translation"}, "unknown task 'translation'"),
             ({"config": "gpt2", "config_overrides": {"n_layers": 2}},
-             "GPT2Config has no setting 'n_layers' \\(config_overrides\\) \\(did you mean 'n_layer'\\?\\)")):
+             "GPT2Config has no setting 'n_layers' \\(config_overrides\\) "
+             "\\(did you mean 'n_layer'\\?\\)")):
         loaded = load_mapping({**base, "model": {"builtin": "hf", "kwargs": kwargs}})
         with pytest.raises(ConfigError, match=f"^<dict>: model.kwargs: .*{message}") as info:
             build_problem(loaded)

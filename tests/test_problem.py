@@ -154,7 +154,8 @@ def test_user_model_returning_the_wrong_thing_is_a_config_error(write_config, us
     ("./data.py:wrong_type", r"data.factory: the data factory returned a list of \(int, int, "
                              r"int\); expected a torch Dataset"),
 ])
-def test_bad_user_data_is_a_config_error(write_config, user_code, factory: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_user_data_is_a_config_error(  # type: ignore[no-untyped-def]
+        write_config, user_code, factory: str, message: str) -> None:
     path = write_config({"data": {"builtin": None, "factory": factory, "kwargs": {}}})
     with pytest.raises(ConfigError, match=message):
         build_problem(load_config(path))
