@@ -17,6 +17,8 @@ The model is wrapped in :class:`HFModel`, which
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any
 
 import torch
@@ -84,13 +86,18 @@ def hf(config: str = "gpt2", task: str = "causal_lm",
         raise ValueError(f"unknown config {config!r}; expected one of {', '.join(FAMILIES)} "
                          "or a transformers config class name such as 'GPT2Config'")
     overrides = dict(config_overrides or {})
+    # A config class takes unknown keywords silently: a typo would audit the wrong model.
+    default = config_cls()
+    known = set(default.to_dict()) | set(inspect.signature(config_cls).parameters)
+    for key in overrides:
+        if key not in known and not hasattr(default, key):
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{class_name} has no setting {key!r} (config_overrides){hint}")
     try:
         cfg = config_cls(**overrides)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"{class_name}: {exc}") from None
-    for key in overrides:
-        if not hasattr(cfg, key):
-            raise ValueError(f"{class_name} has no setting {key!r} (config_overrides)")
     auto = getattr(lib, TASKS[task][0])
     try:
         model = auto.from_config(cfg)
