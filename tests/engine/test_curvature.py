@@ -81,7 +81,7 @@ def test_gradient_descent_limit_on_exact_hessian(write_config, tmp_path: Path,
     config = write_config({**LINEAR, "optimizer": optimizer,
                            "sweep": {**LINEAR["sweep"], "learning_rates": [below, above]},
                            "probe": {"steps": 120, "curvature_every": 30, "flush_every": 20}})
-    result = audit(config, out_dir=tmp_path / "out")
+    result = audit(config, out_dir=tmp_path / "out").report
     by_lr = {p.record.lr: p for p in result.diagnosis.probes}
     healthy, beyond = by_lr[below], by_lr[above]
     assert healthy.status == "healthy", [f.message for f in healthy.findings]
