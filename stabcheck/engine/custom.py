@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from typing import Any
 
 import numpy as np
@@ -188,7 +189,9 @@ def _hooked_user_step(probe: CustomStepProbe, step: int) -> str | None:
     try:
         for opt in probe.optimizers.values():
             opt.step = lambda closure=None: None  # type: ignore[method-assign,assignment]
-        losses = probe.run_user_step(step)
+        with warnings.catch_warnings():  # hooks on modules whose inputs need no gradient
+            warnings.simplefilter("ignore", UserWarning)
+            losses = probe.run_user_step(step)
     finally:
         for name, opt in probe.optimizers.items():
             opt.step = saved[name]  # type: ignore[method-assign]
