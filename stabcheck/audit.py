@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from stabcheck.api import AuditResult as PublicResult
 from stabcheck.api import config_overrides
 from stabcheck.config import LoadedConfig, load_config, load_mapping
-from stabcheck.engine import Engine, EngineSettings
+from stabcheck.engine import Engine, EngineSettings, get_engine
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
 from stabcheck.engine.failures import free_memory
 from stabcheck.engine.initcheck import initial_checks
@@ -48,6 +48,7 @@ DEFAULT_RESULTS_ROOT = Path("stabcheck-results")
 # Above this many probes an audit needs ``large_sweep`` (``--large-sweep``): a sweep that size
 # is far more often a typo (a range with num: 1000 times 20 seeds) than a plan.
 MAX_PROBES = 10_000
+CUSTOM_NO_CURVATURE = "not measured: a custom training step has no plain loss function"
 _MAX_DIR_NAME = 80  # characters of the config's name kept in a default results directory
 
 
@@ -217,10 +218,15 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                 if control.stop_requested:
                     break
                 report = initial_checks(problem, seed, data)
-                report["curvature"] = init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
-                                                     cfg.probe.curvature_batch or PROBE_BATCH)
+                report["curvature"] = {"error": CUSTOM_NO_CURVATURE} if problem.step_fn \
+                    else init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
+                                        cfg.probe.curvature_batch or PROBE_BATCH)
                 with control.critical():
                     journal.append_init(seed, report)
+            if problem.step_fn is not None:
+                # Custom steps always run sequentially (stabcheck.engine.custom).
+                engine = get_engine("custom-step")
+                progress.note("custom training step: runs on the sequential engine")
             if engine is None or isinstance(engine, str):
                 engine, engine_note = select_engine(problem, engine or "auto", settings, data,
                                                     todo)

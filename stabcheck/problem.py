@@ -30,6 +30,7 @@ from stabcheck.config import LoadedConfig
 from stabcheck.datafiles import read_data_file
 from stabcheck.errors import ConfigError, UserCodeError
 from stabcheck.references import ReferenceProblem, check_kwargs, resolve_callable, resolve_paths
+from stabcheck.stepfn import StepFn, StepReturnError, dry_loss_fn, parameter_groups
 from stabcheck.tensordata import Batch, DataShapeError, TensorData, as_tensor_data, nonfinite
 
 __all__ = ["Batch", "LossFn", "Problem", "TensorData", "build_problem", "make_loss_fn"]
@@ -53,6 +54,9 @@ class Problem:
     num_classes: int | None
     loss_name: str
     notes: list[str] = field(default_factory=list)  # conversions made on the user's behalf
+    # A user training step (docs/custom-step.md) and its optimizers' submodules, or None.
+    step_fn: StepFn | None = None
+    step_groups: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -308,12 +312,40 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
         return model
 
     loss_fn = make_loss_fn(cfg.loss, criterion, cfg.data.target_key)
+    step_fn = _training_step(loaded, build_model, make_optimizer)
+    if step_fn is not None:
+        loss_fn = dry_loss_fn(step_fn, cfg.step_optimizers, make_optimizer)
     num_classes = _trial_forward(loaded, build_model, data, loss_fn,
-                                 model_is_user or data_is_user or ":" in cfg.loss)
+                                 model_is_user or data_is_user or ":" in cfg.loss
+                                 or step_fn is not None)
     return Problem(build_model=build_model, data=data, loss_fn=loss_fn,
                    make_optimizer=make_optimizer, optimizer_name=cfg.optimizer.name,
                    optimizer_kwargs=dict(cfg.optimizer.kwargs), device=device,
-                   num_classes=num_classes, loss_name=cfg.loss, notes=notes)
+                   num_classes=num_classes, loss_name=cfg.loss, notes=notes,
+                   step_fn=step_fn, step_groups=dict(cfg.step_optimizers))
+
+
+def _training_step(loaded: LoadedConfig, build_model: Callable[[], nn.Module],
+                   make_optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
+                   ) -> StepFn | None:
+    """The user's ``step:`` function, with its optimizer groups checked against the model."""
+    cfg = loaded.config
+    if cfg.step is None:
+        return None
+    step_fn = _reference(loaded, ("step",), cfg.step)
+    if not callable(step_fn):
+        raise loaded.error_at(("step",), f"{cfg.step!r} is {type(step_fn).__name__}, not a "
+                              "function train_step(model, batch, optimizers, ctx)")
+    if cfg.probe.dtype == "float16":
+        raise loaded.error_at(("probe", "dtype"), "a custom training step runs without fp16 "
+                              "loss scaling; use bfloat16 or float32")
+    torch.manual_seed(0)
+    try:
+        parameter_groups(build_model(), cfg.step_optimizers)
+    except ValueError as exc:
+        raise loaded.error_at(("step_optimizers",), str(exc)) from None
+    fn: StepFn = step_fn
+    return fn
 
 
 def _trial_forward(loaded: LoadedConfig, build_model: Callable[[], nn.Module], data: TensorData,
@@ -328,6 +360,8 @@ def _trial_forward(loaded: LoadedConfig, build_model: Callable[[], nn.Module], d
         loss = loss_fn(model, batch)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except StepReturnError as exc:
+        raise loaded.error_at(("step",), str(exc)) from None
     except Exception as exc:
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if user:

@@ -245,6 +245,24 @@ class AuditConfig(_Strict):
                                           "swept batch size (default: the smallest margin "
                                           "over all of them)")
     fail_on: Literal["error", "warning", "never"] = "error"
+    step: str | None = Field(None, description="your own training step, 'module:function' or "
+                             "'./file.py:function' (docs/custom-step.md)")
+    step_optimizers: dict[str, str] = Field(default_factory=dict, description="with `step`: "
+                                            "optimizer name -> submodule of the model it trains")
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_reference(value)
+        return value
+
+    @model_validator(mode="after")
+    def _step_optimizers(self) -> AuditConfig:
+        if self.step_optimizers and self.step is None:
+            raise ValueError("step_optimizers is set but step is not: name your training "
+                             "step with step: './train.py:train_step'")
+        return self
 
     @field_validator("loss")
     @classmethod

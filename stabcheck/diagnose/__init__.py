@@ -22,6 +22,7 @@ from stabcheck.diagnose import (
     execution,
     gradients,
     init,
+    normalisation,
     numerics,
     spikes,
     sweep,
@@ -114,6 +115,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("initialisation", "SC6", None, init.analyse),
     Family("curvature", "SC7", curvature.detect, curvature.analyse),
     Family("execution", "SC8", execution.detect, execution.analyse),
+    Family("normalisation", "SC9", None, normalisation.analyse),
 )
 PROBE_DETECTORS: list[ProbeDetector] = [f.detect for f in FAMILIES if f.detect is not None]
 SWEEP_ANALYSES: list[SweepAnalysis] = [f.analyse for f in FAMILIES if f.analyse is not None]

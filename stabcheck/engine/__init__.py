@@ -4,7 +4,9 @@
   (:mod:`stabcheck.engine.sequential`);
 * ``vectorized`` — a cohort's probes stacked and run as one ``vmap``-ed step
   (:mod:`stabcheck.engine.vectorized`); :func:`~stabcheck.engine.vectorized.select_engine`
-  picks it when the model and optimizer allow and says why when they do not.
+  picks it when the model and optimizer allow and says why when they do not;
+* ``custom-step`` — a config's own training step (``step:``), always sequential
+  (:mod:`stabcheck.engine.custom`).
 
 Both produce identical record layouts; the choice only changes speed. The contract (settings,
 events, the registry) is :mod:`stabcheck.engine.base`; importing this package imports no

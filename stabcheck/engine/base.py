@@ -117,6 +117,8 @@ class Engine(Protocol):
 ENGINES: dict[str, str | Callable[..., Engine]] = {
     "sequential": "stabcheck.engine.sequential:SequentialEngine",
     "vectorized": "stabcheck.engine.vectorized:VectorizedEngine",
+    # Chosen by the audit whenever the config names a training step (``step:``).
+    "custom-step": "stabcheck.engine.custom:CustomStepEngine",
 }
 # What ``--engine`` accepts: ``auto`` picks the vectorized engine where it can run.
 ENGINE_CHOICES = ("auto", "vectorized", "sequential")
