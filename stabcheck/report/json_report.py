@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stabcheck.records import significant
+
 if TYPE_CHECKING:
     from stabcheck.result import AuditResult
 
@@ -24,9 +26,22 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _rounded_findings(data: dict[str, Any]) -> dict[str, Any]:
+    # A finding's value and threshold keep 6 significant digits (records.significant), like
+    # every other measured number in the report: last-digit noise between numpy builds must
+    # not change the file.
+    findings = data.get("findings")
+    for finding in findings or []:
+        for key in ("value", "threshold"):
+            if isinstance(finding.get(key), float):
+                finding[key] = significant(finding[key])
+    return data
+
+
 def render(result: AuditResult) -> str:
     """Pretty, key-sorted JSON with non-finite numbers as null."""
-    return json.dumps(_finite(result.to_json()), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    data = _rounded_findings(result.to_json())
+    return json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def write_atomic(path: Path, text: str) -> None:
