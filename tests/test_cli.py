@@ -239,3 +239,25 @@ def test_python_dash_m(write_config, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "stabcheck", "explain", "SC101"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "SC101 non-finite" in proc.stdout
+
+
+def test_format_text_and_rich_decide_the_stderr_report(runner: CliRunner, write_config,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    plain = invoke(runner, "audit", write_config(), "--out", out, "--format", "text")
+    assert plain.exit_code == 0 and "Verdict: PASSED" in plain.stderr
+    assert "\x1b[" not in plain.stderr  # not a TTY and text asked for: no escape codes
+    drawn = invoke(runner, "report", out, "--format", "rich")
+    assert drawn.exit_code == 0
+    assert "\x1b[" in drawn.stderr  # rich asked for: drawn although stderr is not a TTY
+    again = invoke(runner, "report", out, "--format", "text")
+    assert "\x1b[" not in again.stderr and "PASSED" in again.stderr
+
+
+def test_help_lists_commands_in_whole_sentences(runner: CliRunner) -> None:
+    listing = runner.invoke(cli, ["--help"], terminal_width=80).output
+    commands = listing.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 6
+    for line in commands:
+        assert not line.rstrip().endswith("..."), line
+        assert line.rstrip().endswith("."), line
