@@ -231,7 +231,7 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
         return run_predict_only(loaded, fmt, outputs, quiet)
     rich_ok = human_style(fmt)
     console = stderr_console(plain=not rich_ok)
-    progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
+    progress = QuietProgress() if quiet else (RichProgress(console, verbose) if rich_ok
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
                            exit_zero=exit_zero, fail_on=fail_on, progress=progress,

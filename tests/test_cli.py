@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,15 @@ def test_help_lists_commands_in_whole_sentences(runner: CliRunner) -> None:
     for line in commands:
         assert not line.rstrip().endswith("..."), line
         assert line.rstrip().endswith("."), line
+
+
+def test_verbose_audit_names_its_phases_engine_and_executor(runner: CliRunner, write_config,
+                                                            tmp_path: Path) -> None:
+    result = invoke(runner, "audit", write_config(), "--out", tmp_path / "r", "-v",
+                    "--format", "text")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("-- init checks and curvature at init, seed ") for line in lines)
+    training = [line for line in lines if line.startswith("-- training 4 probes: engine ")]
+    assert training and "executor" in training[0]
+    assert sum(1 for line in lines if re.match(r"\[\d/4\] ", line)) == 4  # per-probe lines

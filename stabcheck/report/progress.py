@@ -95,6 +95,10 @@ class PlainProgress:
                            f"{_outcome(record)} ({record.wall_time_s:.2f}s) · "
                            f"{self.clock.summary()}", highlight=False, markup=False)
 
+    def phase(self, text: str) -> None:
+        """Say what the audit is doing now (init checks, the cohort that trains, ...)."""
+        self.console.print(f"-- {text}", highlight=False, markup=False)
+
     def note(self, message: str) -> None:
         """Print a note."""
         self.console.print(f"note: {message}", highlight=False, markup=False)
@@ -106,8 +110,9 @@ class PlainProgress:
 class RichProgress:
     """A live bar over probes plus one over the running cohort's steps, with an ETA."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, verbose: bool = False) -> None:
         self.console = console
+        self.verbose = verbose
         self.bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -139,9 +144,16 @@ class RichProgress:
         if self.step_task is not None and record.steps_run < self.steps_per_probe:
             # the steps a probe that stopped early will never run
             self.bar.advance(self.step_task, self.steps_per_probe - record.steps_run)
-        if record.outcome != "completed":
+        if record.outcome != "completed" or self.verbose:
             self.bar.console.print(f"{record.label}: {_outcome(record)}", markup=False,
                                    highlight=False)
+
+    def phase(self, text: str) -> None:
+        """Show the phase as the probes bar's description (and above it with ``-v``)."""
+        if self.probes is not None:
+            self.bar.update(self.probes, description=text)
+        if self.verbose:
+            self.bar.console.print(f"-- {text}", markup=False, highlight=False)
 
     def note(self, message: str) -> None:
         """Print a note above the bars."""
@@ -162,6 +174,9 @@ class QuietProgress:
         """Nothing."""
 
     def probe_done(self, record: ProbeRecord) -> None:
+        """Nothing."""
+
+    def phase(self, text: str) -> None:
         """Nothing."""
 
     def note(self, message: str) -> None:
