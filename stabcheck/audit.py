@@ -67,6 +67,9 @@ class Progress(Protocol):
     def note(self, message: str) -> None:
         """A one-line note for the user."""
 
+    def phase(self, text: str) -> None:
+        """What the audit is doing now (init checks, training, ...)."""
+
     def stop(self) -> None:
         """The audit ended (normally or not)."""
 
@@ -76,6 +79,7 @@ class _NoProgress:
     def steps(self, n: int) -> None: ...
     def probe_done(self, record: ProbeRecord) -> None: ...
     def note(self, message: str) -> None: ...
+    def phase(self, text: str) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -217,6 +221,7 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
             for seed in sorted({p.seed for p in probes} - set(contents.init)):
                 if control.stop_requested:
                     break
+                progress.phase(f"init checks and curvature at init, seed {seed}")
                 report = initial_checks(problem, seed, data)
                 report["curvature"] = {"error": CUSTOM_NO_CURVATURE} if problem.step_fn \
                     else init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
@@ -247,6 +252,9 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
             job = Job(loaded=loaded, problem=problem, data=data, engine=engine,
                       settings=settings, keys=keys, setup_s=setup_s, on_note=on_note)
             if not control.stop_requested:
+                progress.phase(f"training {len(todo)} probes: engine "
+                               f"{getattr(engine, 'name', type(engine).__name__)}, executor "
+                               f"{type(executor).__name__}")
                 executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
             control.settle()
             # A Ctrl-C that came after the last probe had finished interrupted nothing.

@@ -19,7 +19,7 @@ import click
 
 from stabcheck import __version__
 from stabcheck.cli_checks import check_outputs, finite
-from stabcheck.cli_output import all_formats, emit, run_predict_only, stderr_console, use_rich
+from stabcheck.cli_output import all_formats, emit, human_style, run_predict_only, stderr_console
 from stabcheck.engine import ENGINE_CHOICES
 from stabcheck.errors import (
     EXIT_INTERRUPTED,
@@ -147,7 +147,7 @@ def cli() -> None:
     """Audit the training stability of a PyTorch setup before the real run."""
 
 
-@cli.command()
+@cli.command(short_help="Run the probe sweep in CONFIG and judge its stability.")
 @click.argument("config", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Results directory (default: stabcheck-results/<name>-<time>).")
@@ -228,9 +228,9 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
     loaded = load_config(config, overrides=overrides, defaults=defaults)
     if predict_only:
         return run_predict_only(loaded, fmt, outputs, quiet)
-    rich_ok = use_rich(sys.stderr)
+    rich_ok = human_style(fmt)
     console = stderr_console(plain=not rich_ok)
-    progress = QuietProgress() if quiet else (RichProgress(console) if rich_ok
+    progress = QuietProgress() if quiet else (RichProgress(console, verbose) if rich_ok
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
                            exit_zero=exit_zero, fail_on=fail_on, progress=progress,
@@ -243,7 +243,7 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
     return result.exit_code
 
 
-@cli.command()
+@cli.command(short_help="Check CONFIG without training (exit 0 or 2).")
 @click.argument("config", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--isolated", is_flag=True, help="Ignore [tool.stabcheck] in pyproject.toml.")
 def validate(config: Path, isolated: bool) -> int:
@@ -271,7 +271,7 @@ def validate(config: Path, isolated: bool) -> int:
 TEMPLATES = ("starter", "hf", "tabular", "custom")
 
 
-@cli.command()
+@cli.command(short_help="Write a commented starter config and its stub files.")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="stabcheck.yaml")
 @click.option("--from-template", "template", type=click.Choice(TEMPLATES), default="starter",
               show_default=True, help="starter: built-in model and data; hf: a Hugging Face "
@@ -301,7 +301,7 @@ def init(path: Path, template: str, force: bool) -> int:
     return 0
 
 
-@cli.command()
+@cli.command(short_help="Explain a finding code such as SC101, or list them all.")
 @click.argument("code", required=False)
 @click.option("--markdown", "page", type=click.Choice(["findings", "thresholds"]),
               help="Print the docs/findings.md or docs/thresholds.md reference page instead.")
@@ -316,7 +316,7 @@ def explain(code: str | None, page: str | None) -> int:
     return 0
 
 
-@cli.command()
+@cli.command(short_help="Re-render the report of an audit without re-training.")
 @click.argument("results_dir", type=click.Path(file_okay=False, path_type=Path))
 @_output_options
 @click.option("--fail-on", type=click.Choice(["error", "warning", "never"]), default=None,
@@ -332,11 +332,12 @@ def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, 
 
     check_outputs(outputs, traces, results_dir)
     result = build_result(read_journal(results_dir), exit_zero=exit_zero, fail_on=fail_on)
-    emit(result, fmt, outputs, traces, stderr_console(), quiet, png_dir)
+    emit(result, fmt, outputs, traces, stderr_console(plain=not human_style(fmt)), quiet,
+         png_dir)
     return result.exit_code
 
 
-@cli.command()
+@cli.command(short_help="Fail (exit 1) when NEW regressed against BASELINE.")
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
 @click.option("--lr-drop-tolerance", type=click.FloatRange(0, 1), default=0.0,

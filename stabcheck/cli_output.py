@@ -30,7 +30,16 @@ def stderr_console(plain: bool | None = None) -> Any:
     if plain:
         return Console(file=sys.stderr, color_system=None, force_terminal=False, no_color=True,
                        highlight=False, emoji=False, width=110)
-    return Console(file=sys.stderr, highlight=False)
+    # Rich asked for (--format rich) or a terminal: drawn as on a terminal even when piped.
+    return Console(file=sys.stderr, highlight=False, force_terminal=True)
+
+
+def human_style(fmt: str | None) -> bool:
+    """Whether the stderr report is drawn with rich: ``--format rich`` forces it,
+    ``--format text`` forbids it, any other format leaves it to the terminal."""
+    if fmt in HUMAN_FORMATS:
+        return fmt == "rich"
+    return use_rich(sys.stderr)
 
 
 def use_rich(stream: Any) -> bool:
@@ -80,7 +89,7 @@ def emit(result: Any, fmt: str | None, outputs: tuple[tuple[str | None, Path], .
         console.print(verdict_line(result))
     else:
         print_report(result, console)
-    fmt = fmt or ("rich" if use_rich(sys.stderr) else "text")
+    fmt = fmt or ("rich" if human_style(fmt) else "text")
     to_stdout = fmt not in HUMAN_FORMATS
     for out_fmt, path in outputs:
         if out_fmt is None:

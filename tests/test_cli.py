@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,37 @@ def test_python_dash_m(write_config, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "stabcheck", "explain", "SC101"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "SC101 non-finite" in proc.stdout
+
+
+def test_format_text_and_rich_decide_the_stderr_report(runner: CliRunner, write_config,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    plain = invoke(runner, "audit", write_config(), "--out", out, "--format", "text")
+    assert plain.exit_code == 0 and "Verdict: PASSED" in plain.stderr
+    assert "\x1b[" not in plain.stderr  # not a TTY and text asked for: no escape codes
+    drawn = invoke(runner, "report", out, "--format", "rich")
+    assert drawn.exit_code == 0
+    assert "\x1b[" in drawn.stderr  # rich asked for: drawn although stderr is not a TTY
+    again = invoke(runner, "report", out, "--format", "text")
+    assert "\x1b[" not in again.stderr and "PASSED" in again.stderr
+
+
+def test_help_lists_commands_in_whole_sentences(runner: CliRunner) -> None:
+    listing = runner.invoke(cli, ["--help"], terminal_width=80).output
+    commands = listing.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 6
+    for line in commands:
+        assert not line.rstrip().endswith("..."), line
+        assert line.rstrip().endswith("."), line
+
+
+def test_verbose_audit_names_its_phases_engine_and_executor(runner: CliRunner, write_config,
+                                                            tmp_path: Path) -> None:
+    result = invoke(runner, "audit", write_config(), "--out", tmp_path / "r", "-v",
+                    "--format", "text")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("-- init checks and curvature at init, seed ") for line in lines)
+    training = [line for line in lines if line.startswith("-- training 4 probes: engine ")]
+    assert training and "executor" in training[0]
+    assert sum(1 for line in lines if re.match(r"\[\d/4\] ", line)) == 4  # per-probe lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,6 +29,41 @@ def _outcome(record: ProbeRecord) -> str:
     return f"completed {record.steps_run} steps{final}"
 
 
+class StepClock:
+    """Probe steps done out of the whole audit's, and an ETA from the measured step rate.
+
+    A probe that stops early (non-finite, error) never runs its remaining steps: they count
+    as done when it finishes, so the total stays the audit's and ``done`` never passes it.
+    """
+
+    def __init__(self) -> None:
+        self.total = self.done = self.per_probe = 0
+        self.t0 = time.monotonic()
+        self.measured = 0  # steps actually run since start (the rate's numerator)
+
+    def start(self, total: int, done: int, per_probe: int) -> None:
+        self.total, self.done, self.per_probe = total, done, per_probe
+        self.t0, self.measured = time.monotonic(), 0
+
+    def advance(self, n: int) -> None:
+        self.done = min(self.total, self.done + n)
+        self.measured += n
+
+    def finished(self, steps_run: int) -> None:
+        self.done = min(self.total, self.done + max(0, self.per_probe - steps_run))
+
+    def eta_s(self) -> float | None:
+        elapsed = time.monotonic() - self.t0
+        if self.measured <= 0 or elapsed <= 0:
+            return None
+        return (self.total - self.done) / (self.measured / elapsed)
+
+    def summary(self) -> str:
+        eta = self.eta_s()
+        tail = f", ETA {eta:.0f}s" if eta is not None else ""
+        return f"steps {self.done}/{self.total}{tail}"
+
+
 class PlainProgress:
     """One line per finished probe: for CI logs and pipes (no animation)."""
 
@@ -35,24 +72,32 @@ class PlainProgress:
         self.verbose = verbose
         self.total = 0
         self.done = 0
+        self.clock = StepClock()
 
     def start(self, total: int, done: int, steps_per_probe: int) -> None:
         """Announce the run."""
         self.total, self.done = total, done
+        self.clock.start(total * steps_per_probe, done * steps_per_probe, steps_per_probe)
         resumed = f" ({done} already done, resuming)" if done else ""
         self.console.print(f"running {total} probes of {steps_per_probe} steps{resumed}",
                            highlight=False)
 
     def steps(self, n: int) -> None:
-        """Plain output does not report steps."""
+        """Count the steps (they show on the next probe line)."""
+        self.clock.advance(n)
 
     def probe_done(self, record: ProbeRecord) -> None:
-        """Print one line for the probe."""
+        """Print one line for the probe, with the audit's steps so far and an ETA."""
         self.done += 1
+        self.clock.finished(record.steps_run)
         width = len(str(self.total))
         self.console.print(f"[{self.done:>{width}}/{self.total}] {record.label}: "
-                           f"{_outcome(record)} ({record.wall_time_s:.2f}s)", highlight=False,
-                           markup=False)
+                           f"{_outcome(record)} ({record.wall_time_s:.2f}s) · "
+                           f"{self.clock.summary()}", highlight=False, markup=False)
+
+    def phase(self, text: str) -> None:
+        """Say what the audit is doing now (init checks, the cohort that trains, ...)."""
+        self.console.print(f"-- {text}", highlight=False, markup=False)
 
     def note(self, message: str) -> None:
         """Print a note."""
@@ -65,8 +110,9 @@ class PlainProgress:
 class RichProgress:
     """A live bar over probes plus one over the running cohort's steps, with an ETA."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, verbose: bool = False) -> None:
         self.console = console
+        self.verbose = verbose
         self.bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -81,7 +127,10 @@ class RichProgress:
         self.steps_per_probe = steps_per_probe
         self.bar.start()
         self.probes = self.bar.add_task("probes", total=total, completed=done)
-        self.step_task = self.bar.add_task("steps", total=steps_per_probe)
+        # Steps over the whole audit (a cohort reports the steps of all its members): the
+        # ETA column of this bar comes from the measured step rate.
+        self.step_task = self.bar.add_task("steps", total=total * steps_per_probe,
+                                           completed=done * steps_per_probe)
 
     def steps(self, n: int) -> None:
         """Advance the step bar."""
@@ -92,11 +141,19 @@ class RichProgress:
         """Advance the probe bar and log unusual outcomes above it."""
         if self.probes is not None:
             self.bar.advance(self.probes, 1)
-        if self.step_task is not None:
-            self.bar.reset(self.step_task, total=self.steps_per_probe)
-        if record.outcome != "completed":
+        if self.step_task is not None and record.steps_run < self.steps_per_probe:
+            # the steps a probe that stopped early will never run
+            self.bar.advance(self.step_task, self.steps_per_probe - record.steps_run)
+        if record.outcome != "completed" or self.verbose:
             self.bar.console.print(f"{record.label}: {_outcome(record)}", markup=False,
                                    highlight=False)
+
+    def phase(self, text: str) -> None:
+        """Show the phase as the probes bar's description (and above it with ``-v``)."""
+        if self.probes is not None:
+            self.bar.update(self.probes, description=text)
+        if self.verbose:
+            self.bar.console.print(f"-- {text}", markup=False, highlight=False)
 
     def note(self, message: str) -> None:
         """Print a note above the bars."""
@@ -117,6 +174,9 @@ class QuietProgress:
         """Nothing."""
 
     def probe_done(self, record: ProbeRecord) -> None:
+        """Nothing."""
+
+    def phase(self, text: str) -> None:
         """Nothing."""
 
     def note(self, message: str) -> None:
