@@ -329,7 +329,8 @@ def test_vectorized_cohorts_run_in_a_worker_as_they_do_in_process(write_config,
                          "probe": {"steps": 12, "flush_every": 5}})
     _, local = audit(path, tmp_path / "a", executor="local")
     _, process = audit(path, tmp_path / "b", executor="process")
-    assert {p["engine"] for p in process["probes"]} == {"vectorized"}
+    # (lr 30 runs away, so it is re-run sequentially from step 0: see docs/vectorized.md)
+    assert {p["engine"] for p in process["probes"] if p["lr"] < 30} == {"vectorized"}
     assert any(p["status"] == "diverged" for p in process["probes"])  # the replay path too
     assert strip_timings(local) == strip_timings(process)
 

@@ -22,6 +22,7 @@ from stabcheck.config import load_config
 from stabcheck.engine import EngineSettings, Events
 from stabcheck.engine.sequential import SequentialEngine
 from stabcheck.engine.vectorized import VectorizedEngine, max_members, memory, select_engine
+from stabcheck.engine.vectorized.engine import RUNAWAY_NOTE
 from stabcheck.plan import make_cohorts, plan_probes
 from stabcheck.problem import Problem, build_problem
 from stabcheck.records import ProbeRecord
@@ -72,7 +73,9 @@ def _run(engine: Any, problem: Problem, config: Any, settings: EngineSettings | 
 def _assert_same(seq: dict[int, ProbeRecord], vec: dict[int, ProbeRecord]) -> None:
     for index, a in seq.items():
         b = vec[index]
-        assert b.engine == "vectorized" and a.engine == "sequential"
+        # (a member whose loss ran away is re-run by the sequential engine, on purpose)
+        assert a.engine == "sequential"
+        assert b.engine == "vectorized" or RUNAWAY_NOTE in b.notes
         assert (b.outcome, b.steps_run, b.layer_names) == (a.outcome, a.steps_run, a.layer_names)
         assert (b.first_nonfinite_step, b.nonfinite_what, b.nonfinite_kind) == \
             (a.first_nonfinite_step, a.nonfinite_what, a.nonfinite_kind)
@@ -411,7 +414,8 @@ def test_float16_loss_scaling_per_member_matches_gradscaler(
     engine, note = select_engine(problem, "auto", settings, problem.data, plan_probes(config))
     assert isinstance(engine, VectorizedEngine) and note is None
     seq = _run(SequentialEngine(), problem, config)
-    vec = _run(VectorizedEngine(), problem, config)
+    # (runaway members kept stacked: this test is about the stacked loss scaling)
+    vec = _run(VectorizedEngine(rerun_runaways=False), problem, config)
     for index, a in seq.items():
         b = vec[index]
         assert b.engine == "vectorized" and (b.outcome, b.steps_run) == (a.outcome, a.steps_run)

@@ -62,6 +62,38 @@ def _no_grad_params(problem: Problem, data: TensorData, batch_size: int) -> list
     return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
 
 
+def _is_stochastic(problem: Problem, data: TensorData, batch_size: int) -> bool:
+    """Whether two training-mode forwards of one model on one batch give different losses."""
+    model = build_model(problem, 0)
+    batch = data.batch(torch.arange(min(batch_size, data.n), device=problem.device))
+    with torch.no_grad():
+        first = problem.loss_fn(model, batch).float()
+        again = problem.loss_fn(model, batch).float()
+    return not torch.equal(first, again)
+
+
+def _trial_agrees(problem: Problem, first: list[ProbeSpec], one: EngineSettings,
+                  data: TensorData, dtype: str, eval_mode: bool) -> bool:
+    """One vectorized step of ``first`` against the sequential engine's (loss, norms)."""
+    trial = CohortRun(problem, first, one, data)
+    reference = SequentialProbe(problem, first[0], one, data)
+    if eval_mode:
+        trial.base.eval()
+        reference.model.eval()
+    trial.step(0)
+    vec_stats, vec_layers = trial.buffer.flush(1)
+    # The same step by the reference: a model that hides state from the parameter swap
+    # (a cached weight, a Python-side counter) runs under vmap but computes differently.
+    reference.step(0)
+    seq_stats, seq_layers = reference.buffer.flush(1)
+    rtol = 1e-3 if dtype == "float32" else 5e-2
+    cols = [COL["loss"], COL["grad_norm"]]
+    return bool(np.allclose(vec_stats[0, 0, cols], seq_stats[0, cols], rtol=rtol, atol=1e-6,
+                            equal_nan=True)
+                and np.allclose(vec_layers[0, 0], seq_layers[0], rtol=rtol, atol=1e-6,
+                                equal_nan=True))
+
+
 def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorData,
                       probes: Sequence[ProbeSpec]) -> str | None:
     """Why the vectorized engine cannot run this audit, or ``None`` when it can.
@@ -86,20 +118,14 @@ def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorDa
             return f"parameter {missing[0]}{more} gets no gradient"
         first = [p for p in probes if p.batch_size == bs][:2]
         one = EngineSettings(steps=1, dtype=settings.dtype, grad_clip=settings.grad_clip)
-        trial = CohortRun(problem, first, one, data)
-        trial.step(0)
-        vec_stats, vec_layers = trial.buffer.flush(1)
-        # The same step by the reference: a model that hides state from the parameter swap
-        # (a cached weight, a Python-side counter) runs under vmap but computes differently.
-        reference = SequentialProbe(problem, first[0], one, data)
-        reference.step(0)
-        seq_stats, seq_layers = reference.buffer.flush(1)
-        rtol = 1e-3 if settings.dtype == "float32" else 5e-2
-        cols = [COL["loss"], COL["grad_norm"]]
-        if not (np.allclose(vec_stats[0, 0, cols], seq_stats[0, cols], rtol=rtol, atol=1e-6,
-                            equal_nan=True)
-                and np.allclose(vec_layers[0, 0], seq_layers[0], rtol=rtol, atol=1e-6,
-                                equal_nan=True)):
+        # A stochastic forward (dropout) draws different masks in the two engines: the step
+        # under vmap runs as trained (anything vmap refuses surfaces), and the comparison
+        # runs with the randomness switched off in both (eval mode), so dropout alone never
+        # looks like a disagreement.
+        stochastic = _is_stochastic(problem, data, bs)
+        if stochastic:
+            CohortRun(problem, first, one, data).step(0)
+        if not _trial_agrees(problem, first, one, data, settings.dtype, eval_mode=stochastic):
             return ("a trial step under vmap disagrees with the sequential engine (the model "
                     "may keep state outside its parameters and buffers)")
     except Exception as exc:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from stabcheck.engine.base import EngineEvents, EngineSettings, EngineSpec
 from stabcheck.engine.failures import describe_exception, free_memory, is_oom
-from stabcheck.engine.instruments import first_nonfinite
+from stabcheck.engine.instruments import COL, first_nonfinite
 from stabcheck.engine.loop import Schedule, finish_record
 from stabcheck.engine.sequential import run_probe
 from stabcheck.engine.vectorized.memory import max_members
@@ -25,6 +27,23 @@ from stabcheck.engine.vectorized.stacked import GRAD_MODES, CohortRun
 from stabcheck.plan import Cohort, ProbeSpec, make_cohorts
 from stabcheck.problem import Problem, TensorData
 from stabcheck.records import ProbeRecord
+
+# A member whose loss rose this far above its step-0 loss is at the edge of stability, where
+# the dynamics are chaotic: the 1e-7 rounding differences between batched and per-model float32
+# kernels grow to O(1) within ~10 steps, so its verdict (diverged or recovered) would depend on
+# the engine. Such a member is re-run from step 0 by the sequential engine, whose trajectory
+# is the plain loop's, so both engines give the same verdict there.
+RUNAWAY = 1.5
+RUNAWAY_NOTE = ("loss rose above 1.5x its initial value (near the divergence boundary, where "
+                "float32 rounding differences grow chaotically); probe re-run from step 0 with "
+                "the sequential engine so its verdict is the plain loop's")
+
+
+def runaway(loss: np.ndarray) -> bool:
+    """Whether a finite loss trace rose above :data:`RUNAWAY` times its first value."""
+    if loss.size < 2 or not np.isfinite(loss[0]) or loss[0] <= 0:
+        return False
+    return bool(np.nanmax(loss[1:]) > RUNAWAY * loss[0])
 
 
 def _compile_requested() -> bool:
@@ -65,19 +84,21 @@ class VectorizedEngine:
     runs_cohort_together = True
 
     def __init__(self, grad_mode: str = "sum", compile_step: bool | None = None,
-                 max_cohort: int | None = None) -> None:
+                 max_cohort: int | None = None, rerun_runaways: bool = True) -> None:
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"unknown grad mode {grad_mode!r}; expected {GRAD_MODES}")
         self.grad_mode = grad_mode
         self.compile_step = _compile_requested() if compile_step is None else compile_step
         self.max_cohort = max_cohort
+        self.rerun_runaways = rerun_runaways  # see RUNAWAY
         self._fit: dict[int, int] = {}
 
     @property
     def spec(self) -> EngineSpec:
         return EngineSpec(self.name, {"grad_mode": self.grad_mode,
                                       "compile_step": self.compile_step,
-                                      "max_cohort": self.max_cohort})
+                                      "max_cohort": self.max_cohort,
+                                      "rerun_runaways": self.rerun_runaways})
 
     def run_cohort(self, problem: Problem, cohort: Cohort, settings: EngineSettings,
                    keys: dict[int, str], data: TensorData, events: EngineEvents) -> None:
@@ -99,7 +120,7 @@ class VectorizedEngine:
         guarded = _Guarded(events)
         try:
             _run_stacked(problem, probes, settings, keys, data, guarded, self.grad_mode,
-                         self.compile_step)
+                         self.compile_step, self.rerun_runaways)
             free_memory(problem.device)
             return
         except _SinkFailure as exc:
@@ -127,7 +148,7 @@ class VectorizedEngine:
 
 def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSettings,
                  keys: dict[int, str], data: TensorData, events: EngineEvents,
-                 grad_mode: str, compile_step: bool) -> None:
+                 grad_mode: str, compile_step: bool, rerun_runaways: bool = True) -> None:
     """The hot loop of one stacked group. Raises on failure; reported records stay so."""
     schedule = Schedule(settings)
     run = CohortRun(problem, probes, settings, data, grad_mode, compile_step)
@@ -157,9 +178,13 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
         run.buffer.flush(t)
         events.steps((t - lo) * len(run.members))
         keep: list[int] = []
+        rerun: list[int] = []
         for pos, member in enumerate(run.members):
             if first_nonfinite(run.buffer.host_stats[member, lo:t]) is None:
-                keep.append(pos)
+                if rerun_runaways and runaway(run.buffer.host_stats[member, :t, COL["loss"]]):
+                    rerun.append(member)
+                else:
+                    keep.append(pos)
                 continue
             # Replay this member from the last flush with the sequential engine: its float64
             # statistics decide whether and where it went non-finite, and name the module.
@@ -171,6 +196,11 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
             finish_sequentially(probe, records[member], head, snap["step"], schedule, events,
                                 share)
             del probe
+        for member in rerun:
+            spec = probes[member]
+            record = run_probe(problem, spec, settings, keys[spec.index], data, events)
+            record.notes.append(RUNAWAY_NOTE)
+            events.record(record)
         if len(keep) < len(run.members):
             run.keep(keep)
         if timed_out:
