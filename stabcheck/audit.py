@@ -84,7 +84,9 @@ class AuditOptions:
     progress: Progress = field(default_factory=_NoProgress)
     # An engine object, or its name: auto | vectorized | sequential (auto when None).
     engine: Engine | str | None = None
-    executor: str | Executor = "auto"  # auto | local | process, or an executor object
+    executor: str | Executor = "auto"  # auto | local | processes | ..., or an executor object
+    workers: int | None = None  # processes executor: how many workers (None: per GPU / 1)
+    ray_address: str | None = None  # ray executor: auto | ray://host:port (None: local)
     grace_s: float = DEFAULT_GRACE_S  # after a first Ctrl-C, how long running probes may finish
     large_sweep: bool = False  # allow more than MAX_PROBES probes
 
@@ -184,7 +186,8 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
     engine = options.engine
     settings = EngineSettings.from_config(cfg.probe)
     executor = options.executor if not isinstance(options.executor, str) else \
-        choose_executor(options.executor, settings.timeout_s, problem.device)
+        choose_executor(options.executor, settings.timeout_s, problem.device, options.workers,
+                        options.ray_address)
     progress = options.progress
     control = Interrupts(grace_s=options.grace_s)
     interrupted = False

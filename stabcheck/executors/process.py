@@ -78,19 +78,75 @@ def hard_limit(timeout_s: float | None) -> float | None:
 
 
 class ProcessExecutor:
-    """Runs cohorts in a spawned worker process, restarting it after a hang or a crash."""
+    """Runs cohorts in spawned worker processes (one lane per worker, lanes in parallel),
+    restarting a lane's worker after a hang or a crash."""
 
-    name = "process"
+    name = "processes"
     in_process = False  # probes never touch this process's device memory
 
-    def __init__(self, kill_grace_s: float = KILL_GRACE_S) -> None:
+    def __init__(self, kill_grace_s: float = KILL_GRACE_S, workers: int | None = None) -> None:
         self.kill_grace_s = kill_grace_s
+        self.workers = workers  # None: one per visible GPU on CUDA, one on CPU
         self.workers_started = 0
         self.startup_s: list[float] = []  # spawn to ready, per worker (for benchmarks)
+        self._abort = threading.Event()  # set when the parent leaves: lanes kill and return
 
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` in workers until done or until ``control`` asks to stop."""
+        import torch
+
+        lanes = plan_lanes(cohorts, job.problem.device, self.workers,
+                           torch.cuda.device_count() if job.problem.device.type == "cuda" else 0)
+        threads = max(1, torch.get_num_threads() // max(1, len(lanes)))
+        self._abort.clear()
+        if len(lanes) <= 1:  # one worker: everything on this (the main) thread, as before
+            for device, todo in lanes:
+                self._lane(job, todo, device, threads, on_record, on_steps, control)
+            return
+        lock = threading.Lock()
+
+        def record(rec: ProbeRecord) -> None:
+            with lock:
+                on_record(rec)
+
+        def steps(n: int) -> None:
+            with lock:
+                on_steps(n)
+
+        errors: list[BaseException] = []
+
+        def lane(device: str, todo: list[Cohort]) -> None:
+            if hasattr(signal, "pthread_sigmask"):  # signals go to the main thread only
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                self._lane(job, todo, device, threads, record, steps, control)
+            except BaseException as exc:  # re-raised in the main thread
+                errors.append(exc)
+                self._abort.set()
+
+        workers = [threading.Thread(target=lane, args=(device, todo), daemon=True,
+                                    name=f"stabcheck-lane-{i}")
+                   for i, (device, todo) in enumerate(lanes)]
+        for thread in workers:
+            thread.start()
+        try:
+            while any(t.is_alive() for t in workers):
+                for thread in workers:
+                    thread.join(POLL_S)
+        finally:
+            self._abort.set()  # on KeyboardInterrupt: every lane kills its worker and returns
+            for thread in workers:
+                thread.join(self.kill_grace_s + 15)
+        for exc in errors:
+            if isinstance(exc, KeyboardInterrupt):
+                raise exc
+        if errors:
+            raise errors[0]
+
+    def _lane(self, job: Job, cohorts: list[Cohort], device: str, threads: int,
+              on_record: RecordSink, on_steps: StepSink, control: Interrupts) -> None:
+        """Run ``cohorts`` in one worker after another on ``device`` until done."""
         concurrent = job.engine.runs_cohort_together
         ctx = multiprocessing.get_context("spawn")
         finished: set[int] = set()
@@ -99,7 +155,7 @@ class ProcessExecutor:
             on_record(rec)
             finished.add(rec.index)
 
-        while not control.stop_requested:
+        while not control.stop_requested and not self._abort.is_set():
             todo = [Cohort(c.batch_size, tuple(p for p in c.probes if p.index not in finished))
                     for c in cohorts]
             todo = [c for c in todo if c.probes]
@@ -107,20 +163,18 @@ class ProcessExecutor:
                 return
             before = len(finished)
             done = self._one_worker(ctx, job, job.engine.spec, todo, concurrent, record,
-                                    on_steps, control)
+                                    on_steps, control, device, threads)
             if done or len(finished) == before:
                 return  # the worker finished its list (or stopped) / made no progress
 
     def _one_worker(self, ctx: Any, job: Job, engine: EngineSpec, todo: list[Cohort],
                     concurrent: bool, on_record: RecordSink, on_steps: StepSink,
-                    control: Interrupts) -> bool:
+                    control: Interrupts, device: str, threads: int) -> bool:
         """Run ``todo`` in one worker. True when it finished (or stopped on request); False
         when it was lost (hang, crash, poisoned context) and another must take over."""
-        import torch
-
-        payload = _Payload(loaded=job.loaded, device=str(job.problem.device),
+        payload = _Payload(loaded=job.loaded, device=device,
                            engine=engine, settings=job.settings, keys=job.keys,
-                           cohorts=todo, num_threads=torch.get_num_threads(),
+                           cohorts=todo, num_threads=threads,
                            parent_pid=os.getpid())
         results_r, results_w = ctx.Pipe(duplex=False)
         control_r, control_w = ctx.Pipe(duplex=False)
@@ -150,6 +204,8 @@ class ProcessExecutor:
             results_w.close()  # ours closed: the pipe reports EOF once the worker is gone
             control_r.close()
             while True:
+                if self._abort.is_set():
+                    return True  # the parent is leaving (Ctrl-C, another lane failed)
                 if control.stop_requested and not stop_sent:
                     with contextlib.suppress(OSError):
                         control_w.send("stop")
@@ -239,6 +295,32 @@ class ProcessExecutor:
             proc.join(10)
 
 
+def plan_lanes(cohorts: list[Cohort], device: Any, workers: int | None,
+               gpus: int) -> list[tuple[str, list[Cohort]]]:
+    """Cohorts spread over workers: ``(device, cohorts)`` per worker, largest cohort first
+    into the lane with the fewest probes. On CUDA without an index, one worker per visible
+    GPU (``CUDA_VISIBLE_DEVICES`` is what torch counts) unless ``workers`` says otherwise,
+    worker ``i`` pinned to ``cuda:(i mod gpus)``; elsewhere ``workers`` (default 1) workers on
+    the audit's device."""
+    spread = device.type == "cuda" and device.index is None and gpus > 0
+    count = workers if workers is not None else (gpus if spread else 1)
+    count = max(1, min(count, len(cohorts))) if cohorts else 1
+    devices = [f"cuda:{i % gpus}" if spread else str(device) for i in range(count)]
+    lanes: list[list[Cohort]] = [[] for _ in range(count)]
+    load = [0] * count
+    for cohort in sorted(cohorts, key=lambda c: -len(c.probes)):
+        i = load.index(min(load))
+        lanes[i].append(cohort)
+        load[i] += len(cohort.probes)
+    return [(d, lane) for d, lane in zip(devices, lanes, strict=True) if lane]
+
+
+class SingleProcessExecutor(ProcessExecutor):
+    """``process``: the older name of ``processes`` (same behaviour, same options)."""
+
+    name = "process"
+
+
 def _lost_record(job: Job, spec: ProbeSpec, outcome: str, elapsed: float, message: str,
                  kind: str = "Timeout") -> ProbeRecord:
     """The record of a probe whose worker was lost: no trace survives, only what happened."""
@@ -309,7 +391,8 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
     """Entry point of a worker process (module-level, so ``spawn`` can import it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        # A worker started from a lane thread inherits its mask: SIGTERM must reach us.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent(payload.parent_pid)
 
     import torch
