@@ -7,7 +7,7 @@ through a pipe as a plain dict; the parent journals it at once. What a worker bu
 
 * **hangs inside a step** — the parent holds a hard deadline per probe
   (``probe.timeout_s`` plus a little slack, reset whenever a probe finishes). Past it the
-  worker gets SIGTERM, then SIGKILL; the running probe is recorded as ``timeout`` and a
+  worker gets SIGKILL; the running probe is recorded as ``timeout`` and a
   fresh worker carries on with the rest of the cohort;
 * **a dying worker** — SIGKILL, a segfault in an extension, the OOM killer: the running
   probe is recorded as ``error`` ("worker process died: signal N") and a fresh worker
@@ -16,7 +16,7 @@ through a pipe as a plain dict; the parent journals it at once. What a worker bu
   device still answers; after a device-side assert it does not, so the worker exits and the
   next probes run in a fresh process with a fresh context.
 
-Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent decides), die
+Workers ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group; the parent decides), die
 with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread everywhere), and
 are killed on every way out of :meth:`ProcessExecutor.run`.
 
@@ -51,7 +51,7 @@ from stabcheck.records import ProbeRecord
 
 EXIT_POISONED = 75  # a worker's exit status: "my CUDA context is unusable, start another"
 EXIT_CRASHED = 76  # a worker's exit status: an exception escaped the engine
-KILL_GRACE_S = 2.0  # SIGTERM, then this long, then SIGKILL
+KILL_GRACE_S = 2.0  # how long lanes get to kill their workers on the way out
 POLL_S = 0.05
 
 
@@ -288,11 +288,10 @@ class ProcessExecutor:
                 conn.close()
 
     def _kill(self, proc: BaseProcess) -> None:
-        proc.terminate()
-        proc.join(self.kill_grace_s)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
+        # Workers ignore SIGTERM (a SIGTERM to the whole group is the parent's to handle), so
+        # a worker is stopped with SIGKILL; it holds nothing that a SIGTERM would have saved.
+        proc.kill()
+        proc.join(10)
 
 
 def plan_lanes(cohorts: list[Cohort], device: Any, workers: int | None,
@@ -390,6 +389,7 @@ def _cuda_unusable() -> bool:
 def worker_main(payload: _Payload, results: Connection, control: Connection) -> None:
     """Entry point of a worker process (module-level, so ``spawn`` can import it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a group-wide SIGTERM: the parent decides
     if hasattr(signal, "pthread_sigmask"):
         # A worker started from a lane thread inherits its mask: SIGTERM must reach us.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
