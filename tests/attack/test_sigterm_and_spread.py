@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_interrupt import (assert_journal_intact, assert_no_orphans, log_of, start,
-                                  wait_for_probes, write)
+from tests.test_interrupt import (
+    assert_journal_intact,
+    assert_no_orphans,
+    log_of,
+    start,
+    wait_for_probes,
+    write,
+)
 from tests.test_robustness import strip_timings
 
 pytestmark = pytest.mark.slow

@@ -12,14 +12,14 @@ import yaml
 
 from stabcheck.audit import AuditOptions, run_audit
 from stabcheck.config import load_config
+from stabcheck.errors import StabcheckError
 from stabcheck.executors import choose_executor, get_executor
 from stabcheck.executors.process import ProcessExecutor, plan_lanes
 from stabcheck.executors.ray import check_resources
-from stabcheck.errors import StabcheckError
 from stabcheck.plan import Cohort, ProbeSpec
 from tests.conftest import TINY, deep_update
 
-# Four cohorts (two batch sizes x two optimizers would need two configs: batch sizes suffice).
+# Four cohorts: four batch sizes, each with two learning rates x two seeds.
 GRID = deep_update(TINY, {"sweep": {"learning_rates": [0.01, 0.3], "seeds": [0, 1],
                                     "batch_sizes": [8, 16, 24, 32]},
                           "probe": {"steps": 6, "flush_every": 3}})
