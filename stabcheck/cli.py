@@ -32,6 +32,7 @@ from stabcheck.errors import (
     writing,
 )
 from stabcheck.executors import EXECUTOR_CHOICES
+from stabcheck.executors.hygiene import exit_process, user_output_to_stderr
 
 
 class _ListType(click.ParamType):
@@ -249,7 +250,8 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
                            ray_address=ray_address,
                            grace_s=grace_s,
                            large_sweep=large_sweep)
-    result, results_dir = run_audit(loaded, options)
+    with user_output_to_stderr():  # user code's print() must not break --format json
+        result, results_dir = run_audit(loaded, options)
     emit(result, fmt, outputs, traces, console, quiet, png_dir)
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
@@ -356,8 +358,9 @@ def compare(baseline: Path, new: Path, lr_drop_tolerance: float,
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="stabcheck")
+    """Console-script entry point (the process ends with the exit status even if user code
+    left a thread running)."""
+    exit_process(cli.main(prog_name="stabcheck", standalone_mode=False))
 
 
 if __name__ == "__main__":

@@ -405,7 +405,7 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
         data = problem.data.to(problem.device)
         engine = payload.engine.build()
         warm_up()
-    except Exception as exc:
+    except BaseException as exc:  # user code's KeyboardInterrupt, sys.exit(): no traceback
         code = exc.exit_code if isinstance(exc, StabcheckError) else 3
         results.send(("fatal", {"message": f"in the worker process: {exc}", "exit_code": code}))
         return
@@ -431,7 +431,8 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
                     on_record, lambda n: results.send(("steps", n)), stop_requested,
                     on_cohort=lambda i: results.send(("start", i)),
                     on_note=lambda message: results.send(("note", message)))
-    except Exception as exc:  # escaped the engine (a poisoned device, a bug): say what
+    except BaseException as exc:  # escaped the engine (a poisoned device, a bug, user code's
+        # KeyboardInterrupt or sys.exit()): say what, without a traceback
         results.send(("crash", describe_exception(exc)))
         results.close()
         os._exit(EXIT_CRASHED)
