@@ -23,6 +23,7 @@ from stabcheck.engine.vectorized import select_engine
 from stabcheck.errors import AuditNotCarriedOut, ConfigError, user_code_exits, writing
 from stabcheck.executors import choose_executor
 from stabcheck.executors.base import DEFAULT_GRACE_S, Executor, Interrupts, Job
+from stabcheck.executors.hygiene import time_limit
 from stabcheck.journal import (
     LOCK_NAME,
     REPORT_NAME,
@@ -209,9 +210,11 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
             for seed in sorted({p.seed for p in probes} - set(contents.init)):
                 if control.stop_requested:
                     break
-                report = initial_checks(problem, seed, data)
-                report["curvature"] = init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
-                                                     cfg.probe.curvature_batch or PROBE_BATCH)
+                with time_limit(settings.timeout_s, f"the init checks of seed {seed}"):
+                    report = initial_checks(problem, seed, data)
+                    report["curvature"] = init_curvature(
+                        problem, seed, data, cfg.sweep.batch_sizes,
+                        cfg.probe.curvature_batch or PROBE_BATCH)
                 with control.critical():
                     journal.append_init(seed, report)
             if engine is None or isinstance(engine, str):

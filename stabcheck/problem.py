@@ -27,6 +27,7 @@ from stabcheck.builtins.data import DATASETS
 from stabcheck.builtins.models import MODELS
 from stabcheck.config import LoadedConfig
 from stabcheck.errors import ConfigError, UserCodeError
+from stabcheck.executors.hygiene import time_limit
 from stabcheck.references import ReferenceProblem, check_kwargs, resolve_callable
 
 Batch = tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
@@ -339,8 +340,9 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
         return model
 
     loss_fn = make_loss_fn(cfg.loss, criterion, cfg.data.target_key)
-    num_classes = _trial_forward(loaded, build_model, data, loss_fn,
-                                 model_is_user or data_is_user or ":" in cfg.loss)
+    with time_limit(cfg.probe.timeout_s, "the trial forward pass"):
+        num_classes = _trial_forward(loaded, build_model, data, loss_fn,
+                                     model_is_user or data_is_user or ":" in cfg.loss)
     return Problem(build_model=build_model, data=data, loss_fn=loss_fn,
                    make_optimizer=make_optimizer, optimizer_name=cfg.optimizer.name,
                    optimizer_kwargs=dict(cfg.optimizer.kwargs), device=device,

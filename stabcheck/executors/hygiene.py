@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
+
+from stabcheck.errors import UserCodeError
 
 
 @contextlib.contextmanager
@@ -55,3 +58,36 @@ def exit_process(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+class _Expired(BaseException):
+    """Raised by the alarm inside user code; a BaseException so user code's ``except
+    Exception`` (and the engines') cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Stop ``what`` (user code run in this process outside a probe: the trial forward pass,
+    the per-seed init checks) past ``seconds`` (``probe.timeout_s``) with a one-line error.
+
+    A ``SIGALRM`` timer: it interrupts Python code (a ``time.sleep``, a loop) but not a call
+    hung inside a C extension; main thread of a POSIX process only, else no limit.
+    """
+    if seconds is None or not hasattr(signal, "setitimer") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Expired:
+        raise UserCodeError(f"{what} ran past probe.timeout_s={seconds:g}s (user code hung?); "
+                            "the audit was not carried out") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
