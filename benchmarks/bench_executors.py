@@ -1,6 +1,10 @@
 """Cost of the process executor against the in-process one, measured side by side.
 
     python -m benchmarks.bench_executors [--probes 8] [--steps 100] [--repeat 3]
+    python -m benchmarks.bench_executors --scale-out [--repeat 3]
+
+``--scale-out``: ``local`` against ``processes --workers 2`` on the quickstart sample and on a
+grid of four cohorts (four batch sizes), interleaved, medians, with the load average.
 
 Runs the same tiny CPU audit with ``--executor local`` and ``--executor process`` (one
 worker, started with ``spawn``) and prints the wall times, their ratio, and the worker's
@@ -10,6 +14,7 @@ start-up time (spawn → problem rebuilt → ready). Prints numbers; asserts not
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -29,7 +34,12 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale-out", action="store_true",
+                        help="local vs processes --workers 2 (quickstart, 4-cohort grid)")
     args = parser.parse_args()
+    if args.scale_out:
+        scale_out(args.repeat)
+        return
     torch.set_num_threads(1)
     lrs = [float(f"{10 ** (-3 + 2 * i / max(1, args.probes - 1)):.4g}")
            for i in range(args.probes)]
@@ -61,6 +71,35 @@ def main() -> None:
     print(f"  worker start-up (spawn, import torch, rebuild problem): median "
           f"{statistics.median(startups):.2f} s over {len(startups)} workers")
     print(f"  overhead per audit: {proc - local:+.2f} s")
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_configs"
+
+
+def scale_out(repeat: int) -> None:
+    """``local`` vs ``processes --workers 2``, interleaved, medians of ``repeat`` rounds."""
+    grid = yaml.safe_load((SAMPLES / "quickstart.yaml").read_text(encoding="utf-8"))
+    grid["name"] = "four-cohorts"
+    grid["sweep"]["batch_sizes"] = [16, 32, 48, 64]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grid.yaml"
+        path.write_text(yaml.safe_dump(grid), encoding="utf-8")
+        for name, config in (("quickstart", SAMPLES / "quickstart.yaml"), ("4 cohorts", path)):
+            loaded = load_config(config)
+            times: dict[str, list[float]] = {"local": [], "processes": []}
+            for r in range(repeat):
+                for kind in times:
+                    executor = LocalExecutor() if kind == "local" else \
+                        ProcessExecutor(workers=2)
+                    started = time.perf_counter()
+                    run_audit(loaded, AuditOptions(out_dir=Path(tmp) / f"{name}{kind}{r}",
+                                                   executor=executor))
+                    times[kind].append(time.perf_counter() - started)
+            local = statistics.median(times["local"])
+            spread = statistics.median(times["processes"])
+            print(f"{name}: local {local:6.2f} s   processes --workers 2 {spread:6.2f} s   "
+                  f"ratio processes/local = {spread / local:.2f}   (median of {repeat}; "
+                  f"load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from stabcheck.engine.vectorized import select_engine
 from stabcheck.errors import AuditNotCarriedOut, ConfigError, user_code_exits, writing
 from stabcheck.executors import choose_executor
 from stabcheck.executors.base import DEFAULT_GRACE_S, Executor, Interrupts, Job
+from stabcheck.executors.hygiene import time_limit
 from stabcheck.journal import (
     LOCK_NAME,
     REPORT_NAME,
@@ -95,7 +96,9 @@ class AuditOptions:
     progress: Progress = field(default_factory=_NoProgress)
     # An engine object, or its name: auto | vectorized | sequential (auto when None).
     engine: Engine | str | None = None
-    executor: str | Executor = "auto"  # auto | local | process, or an executor object
+    executor: str | Executor = "auto"  # auto | local | processes | ..., or an executor object
+    workers: int | None = None  # processes executor: how many workers (None: per GPU / 1)
+    ray_address: str | None = None  # ray executor: auto | ray://host:port (None: local)
     grace_s: float = DEFAULT_GRACE_S  # after a first Ctrl-C, how long running probes may finish
     large_sweep: bool = False  # allow more than MAX_PROBES probes
 
@@ -199,7 +202,8 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
     engine = options.engine
     settings = EngineSettings.from_config(cfg.probe)
     executor = options.executor if not isinstance(options.executor, str) else \
-        choose_executor(options.executor, settings.timeout_s, problem.device)
+        choose_executor(options.executor, settings.timeout_s, problem.device, options.workers,
+                        options.ray_address)
     progress = options.progress
     control = Interrupts(grace_s=options.grace_s)
     interrupted = False
@@ -222,10 +226,11 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                 if control.stop_requested:
                     break
                 progress.phase(f"init checks and curvature at init, seed {seed}")
-                report = initial_checks(problem, seed, data)
-                report["curvature"] = {"error": CUSTOM_NO_CURVATURE} if problem.step_fn \
-                    else init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
-                                        cfg.probe.curvature_batch or PROBE_BATCH)
+                with time_limit(settings.timeout_s, f"the init checks of seed {seed}"):
+                    report = initial_checks(problem, seed, data)
+                    report["curvature"] = {"error": CUSTOM_NO_CURVATURE} if problem.step_fn \
+                        else init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
+                                            cfg.probe.curvature_batch or PROBE_BATCH)
                 with control.critical():
                     journal.append_init(seed, report)
             if problem.step_fn is not None:

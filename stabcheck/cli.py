@@ -31,6 +31,7 @@ from stabcheck.errors import (
     writing,
 )
 from stabcheck.executors import EXECUTOR_CHOICES
+from stabcheck.executors.hygiene import exit_process, user_output_to_stderr
 
 
 class _ListType(click.ParamType):
@@ -176,6 +177,11 @@ def cli() -> None:
               show_default=True, help="Where probes run: in this process, or in a worker "
               "process that a hung or crashed probe cannot take down (auto: process when "
               "probe.timeout_s is set or on CUDA).")
+@click.option("--workers", type=click.IntRange(min=1, max=1024), default=None,
+              help="processes executor: number of worker processes (default: one per "
+              "visible GPU, one on CPU); each gets cores / N threads.")
+@click.option("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
+              help="ray executor: the cluster to join (default: a local one).")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0, max=86400), default=5.0,
               show_default=True, callback=finite, help="After a first Ctrl-C, seconds the "
               "running probes may take to finish before the partial report is written.")
@@ -189,7 +195,8 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
           png_dir: Path | None, isolated: bool, fail_on: str | None, exit_zero: bool,
           device: str | None, steps: int | None, lr: list[float] | None,
           seeds: list[int] | None, batch_size: list[int] | None, engine: str, executor: str,
-          grace_s: float, large_sweep: bool, quiet: bool, verbose: bool,
+          workers: int | None, ray_address: str | None, grace_s: float, large_sweep: bool,
+          quiet: bool, verbose: bool,
           predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
     from stabcheck.audit import AuditOptions, run_audit
@@ -203,6 +210,10 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
                  if value is not None]
         if given:
             raise click.UsageError(f"--predict-only trains no probe: {given[0]} does not apply")
+    if workers is not None and executor == "local":
+        raise click.UsageError("--workers applies to --executor processes, not local")
+    if ray_address is not None and executor not in ("auto", "ray"):
+        raise click.UsageError(f"--ray-address applies to --executor ray, not {executor}")
     resume = resume_dir is not None
     if resume_dir:
         if out_dir is not None and Path(resume_dir) != out_dir:
@@ -234,9 +245,12 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
                                               else PlainProgress(console, verbose))
     options = AuditOptions(out_dir=out_dir, resume=resume, overwrite=overwrite,
                            exit_zero=exit_zero, fail_on=fail_on, progress=progress,
-                           engine=engine, executor=executor, grace_s=grace_s,
+                           engine=engine, executor=executor, workers=workers,
+                           ray_address=ray_address,
+                           grace_s=grace_s,
                            large_sweep=large_sweep)
-    result, results_dir = run_audit(loaded, options)
+    with user_output_to_stderr():  # user code's print() must not break --format json
+        result, results_dir = run_audit(loaded, options)
     emit(result, fmt, outputs, traces, console, quiet, png_dir)
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
@@ -364,8 +378,9 @@ def compare(baseline: Path, new: Path, lr_drop_tolerance: float,
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="stabcheck")
+    """Console-script entry point (the process ends with the exit status even if user code
+    left a thread running)."""
+    exit_process(cli.main(prog_name="stabcheck", standalone_mode=False))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from stabcheck.builtins.models import MODELS
 from stabcheck.config import LoadedConfig
 from stabcheck.datafiles import read_data_file
 from stabcheck.errors import ConfigError, UserCodeError
+from stabcheck.executors.hygiene import time_limit
 from stabcheck.references import ReferenceProblem, check_kwargs, resolve_callable, resolve_paths
 from stabcheck.stepfn import StepFn, StepReturnError, dry_loss_fn, parameter_groups
 from stabcheck.tensordata import Batch, DataShapeError, TensorData, as_tensor_data, nonfinite
@@ -315,9 +316,10 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
     step_fn = _training_step(loaded, build_model, make_optimizer)
     if step_fn is not None:
         loss_fn = dry_loss_fn(step_fn, cfg.step_optimizers, make_optimizer)
-    num_classes = _trial_forward(loaded, build_model, data, loss_fn,
-                                 model_is_user or data_is_user or ":" in cfg.loss
-                                 or step_fn is not None)
+    with time_limit(cfg.probe.timeout_s, "the trial forward pass"):
+        num_classes = _trial_forward(loaded, build_model, data, loss_fn,
+                                     model_is_user or data_is_user or ":" in cfg.loss
+                                     or step_fn is not None)
     return Problem(build_model=build_model, data=data, loss_fn=loss_fn,
                    make_optimizer=make_optimizer, optimizer_name=cfg.optimizer.name,
                    optimizer_kwargs=dict(cfg.optimizer.kwargs), device=device,

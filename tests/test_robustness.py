@@ -301,11 +301,12 @@ def test_choose_executor() -> None:
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_executor("auto", None, cpu).name == "local"
-    assert choose_executor("auto", 5.0, cpu).name == "process"
-    assert choose_executor("auto", None, cuda).name == "process"
+    assert choose_executor("auto", 5.0, cpu).name == "processes"
+    assert choose_executor("auto", None, cuda).name == "processes"
     assert choose_executor("local", 5.0, cuda).name == "local"
+    assert choose_executor("process", None, cpu).name == "process"  # the older name
     with pytest.raises(ValueError, match="unknown executor"):
-        choose_executor("ray", None, cpu)
+        choose_executor("dask", None, cpu)
 
 
 def test_engine_registry() -> None:

@@ -1,9 +1,11 @@
 """Executors decide *where* cohorts run; engines decide *how*.
 
 * ``local`` — in the audit's own process (:mod:`stabcheck.executors.local`);
-* ``process`` — in a spawned worker process that the audit can kill and replace
-  (:mod:`stabcheck.executors.process`);
-* ``auto`` (the default) — ``process`` when a probe can hang or poison its process and the
+* ``processes`` — in spawned worker processes that the audit can kill and replace, one per
+  visible GPU, or ``workers`` of them on CPU (:mod:`stabcheck.executors.process`);
+  ``process`` is its older name;
+* ``ray`` — each cohort a task on a Ray cluster (:mod:`stabcheck.executors.ray`);
+* ``auto`` (the default) — ``processes`` when a probe can hang or poison its process and the
   audit must survive it: when ``probe.timeout_s`` is set, or on CUDA; ``local`` otherwise.
 
 A new executor is one module (a class with ``name``, ``in_process`` and ``run``, see
@@ -26,27 +28,50 @@ if TYPE_CHECKING:
 # Executors by name → where the class lives (imported when first used).
 EXECUTORS: dict[str, str] = {
     "local": "stabcheck.executors.local:LocalExecutor",
-    "process": "stabcheck.executors.process:ProcessExecutor",
+    "processes": "stabcheck.executors.process:ProcessExecutor",
+    "process": "stabcheck.executors.process:SingleProcessExecutor",
+    "ray": "stabcheck.executors.ray:RayExecutor",
 }
 EXECUTOR_CHOICES = ("auto", *EXECUTORS)
 
 
-def get_executor(name: str) -> Executor:
-    """A new executor of the given registered name."""
+def get_executor(name: str, workers: int | None = None,
+                 ray_address: str | None = None) -> Executor:
+    """A new executor of the given registered name (``workers``, ``ray_address``: for the
+    executors that take them)."""
     try:
         ref = EXECUTORS[name]
     except KeyError:
         raise ValueError(f"unknown executor {name!r}; expected one of "
                          f"{', '.join(EXECUTOR_CHOICES)}") from None
-    executor: Executor = load(ref)()
+    cls = load(ref)
+    if ray_address is not None and name != "ray":
+        raise ValueError(f"--ray-address applies to the ray executor, not {name!r}")
+    if ray_address is not None:
+        executor: Executor = cls(address=ray_address)
+    elif workers is None:
+        executor = cls()
+    elif name in _TAKES_WORKERS:
+        executor = cls(workers=workers)
+    else:
+        raise ValueError(f"--workers applies to the {' or '.join(_TAKES_WORKERS)} executor, "
+                         f"not {name!r}")
     return executor
 
 
-def choose_executor(name: str, timeout_s: float | None, device: torch.device) -> Executor:
-    """The executor called ``name``, with ``auto`` resolved as the module docstring says."""
+_TAKES_WORKERS = ("processes", "process")
+
+
+def choose_executor(name: str, timeout_s: float | None, device: torch.device,
+                    workers: int | None = None, ray_address: str | None = None) -> Executor:
+    """The executor called ``name``, with ``auto`` resolved as the module docstring says
+    (and as ``processes`` when ``workers`` is given)."""
+    if name == "auto" and ray_address is not None:
+        name = "ray"
     if name == "auto":
-        name = "process" if timeout_s is not None or device.type == "cuda" else "local"
-    return get_executor(name)
+        name = "processes" if (timeout_s is not None or device.type == "cuda"
+                               or workers is not None) else "local"
+    return get_executor(name, workers, ray_address)
 
 
 __all__ = ["EXECUTORS", "EXECUTOR_CHOICES", "choose_executor", "get_executor"]

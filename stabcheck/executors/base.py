@@ -5,7 +5,7 @@ decides *how* one cohort runs. Executors never look inside an engine: they hand 
 and receive one :class:`ProbeRecord` per probe through ``on_record`` and step counts through
 ``on_steps``.
 
-Ctrl-C (:class:`Interrupts`):
+Ctrl-C and SIGTERM (:class:`Interrupts`):
 
 * the first SIGINT stops scheduling: no new cohort starts, and the probes already running
   get ``grace_s`` seconds to finish and be journaled;
@@ -94,6 +94,9 @@ class Interrupts:
             yield self  # signals only reach the main thread; leave the default behaviour
             return
         self._previous = signal.signal(signal.SIGINT, self._handle)
+        # SIGTERM (a CI runner cancelling the job, `kill`, a container stop) is a Ctrl-C too:
+        # the same grace period, the same partial report, the same exit status 130.
+        previous_term = signal.signal(signal.SIGTERM, self._handle)
         self._installed = True
         try:
             yield self
@@ -101,6 +104,7 @@ class Interrupts:
             self._installed = False
             self.settle()
             signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGTERM, previous_term)
 
     def settle(self) -> None:
         """The probes are over: cancel the grace timer and let further Ctrl-Cs pass without

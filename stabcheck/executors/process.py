@@ -7,7 +7,7 @@ through a pipe as a plain dict; the parent journals it at once. What a worker bu
 
 * **hangs inside a step** — the parent holds a hard deadline per probe
   (``probe.timeout_s`` plus a little slack, reset whenever a probe finishes). Past it the
-  worker gets SIGTERM, then SIGKILL; the running probe is recorded as ``timeout`` and a
+  worker gets SIGKILL; the running probe is recorded as ``timeout`` and a
   fresh worker carries on with the rest of the cohort;
 * **a dying worker** — SIGKILL, a segfault in an extension, the OOM killer: the running
   probe is recorded as ``error`` ("worker process died: signal N") and a fresh worker
@@ -16,7 +16,7 @@ through a pipe as a plain dict; the parent journals it at once. What a worker bu
   device still answers; after a device-side assert it does not, so the worker exits and the
   next probes run in a fresh process with a fresh context.
 
-Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent decides), die
+Workers ignore SIGINT and SIGTERM (Ctrl-C reaches the whole process group; the parent decides), die
 with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread everywhere), and
 are killed on every way out of :meth:`ProcessExecutor.run`.
 
@@ -51,7 +51,7 @@ from stabcheck.records import ProbeRecord
 
 EXIT_POISONED = 75  # a worker's exit status: "my CUDA context is unusable, start another"
 EXIT_CRASHED = 76  # a worker's exit status: an exception escaped the engine
-KILL_GRACE_S = 2.0  # SIGTERM, then this long, then SIGKILL
+KILL_GRACE_S = 2.0  # how long lanes get to kill their workers on the way out
 POLL_S = 0.05
 
 
@@ -78,19 +78,75 @@ def hard_limit(timeout_s: float | None) -> float | None:
 
 
 class ProcessExecutor:
-    """Runs cohorts in a spawned worker process, restarting it after a hang or a crash."""
+    """Runs cohorts in spawned worker processes (one lane per worker, lanes in parallel),
+    restarting a lane's worker after a hang or a crash."""
 
-    name = "process"
+    name = "processes"
     in_process = False  # probes never touch this process's device memory
 
-    def __init__(self, kill_grace_s: float = KILL_GRACE_S) -> None:
+    def __init__(self, kill_grace_s: float = KILL_GRACE_S, workers: int | None = None) -> None:
         self.kill_grace_s = kill_grace_s
+        self.workers = workers  # None: one per visible GPU on CUDA, one on CPU
         self.workers_started = 0
         self.startup_s: list[float] = []  # spawn to ready, per worker (for benchmarks)
+        self._abort = threading.Event()  # set when the parent leaves: lanes kill and return
 
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` in workers until done or until ``control`` asks to stop."""
+        import torch
+
+        lanes = plan_lanes(cohorts, job.problem.device, self.workers,
+                           torch.cuda.device_count() if job.problem.device.type == "cuda" else 0)
+        threads = max(1, torch.get_num_threads() // max(1, len(lanes)))
+        self._abort.clear()
+        if len(lanes) <= 1:  # one worker: everything on this (the main) thread, as before
+            for device, todo in lanes:
+                self._lane(job, todo, device, threads, on_record, on_steps, control)
+            return
+        lock = threading.Lock()
+
+        def record(rec: ProbeRecord) -> None:
+            with lock:
+                on_record(rec)
+
+        def steps(n: int) -> None:
+            with lock:
+                on_steps(n)
+
+        errors: list[BaseException] = []
+
+        def lane(device: str, todo: list[Cohort]) -> None:
+            if hasattr(signal, "pthread_sigmask"):  # signals go to the main thread only
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                self._lane(job, todo, device, threads, record, steps, control)
+            except BaseException as exc:  # re-raised in the main thread
+                errors.append(exc)
+                self._abort.set()
+
+        workers = [threading.Thread(target=lane, args=(device, todo), daemon=True,
+                                    name=f"stabcheck-lane-{i}")
+                   for i, (device, todo) in enumerate(lanes)]
+        for thread in workers:
+            thread.start()
+        try:
+            while any(t.is_alive() for t in workers):
+                for thread in workers:
+                    thread.join(POLL_S)
+        finally:
+            self._abort.set()  # on KeyboardInterrupt: every lane kills its worker and returns
+            for thread in workers:
+                thread.join(self.kill_grace_s + 15)
+        for exc in errors:
+            if isinstance(exc, KeyboardInterrupt):
+                raise exc
+        if errors:
+            raise errors[0]
+
+    def _lane(self, job: Job, cohorts: list[Cohort], device: str, threads: int,
+              on_record: RecordSink, on_steps: StepSink, control: Interrupts) -> None:
+        """Run ``cohorts`` in one worker after another on ``device`` until done."""
         concurrent = job.engine.runs_cohort_together
         ctx = multiprocessing.get_context("spawn")
         finished: set[int] = set()
@@ -99,7 +155,7 @@ class ProcessExecutor:
             on_record(rec)
             finished.add(rec.index)
 
-        while not control.stop_requested:
+        while not control.stop_requested and not self._abort.is_set():
             todo = [Cohort(c.batch_size, tuple(p for p in c.probes if p.index not in finished))
                     for c in cohorts]
             todo = [c for c in todo if c.probes]
@@ -107,20 +163,18 @@ class ProcessExecutor:
                 return
             before = len(finished)
             done = self._one_worker(ctx, job, job.engine.spec, todo, concurrent, record,
-                                    on_steps, control)
+                                    on_steps, control, device, threads)
             if done or len(finished) == before:
                 return  # the worker finished its list (or stopped) / made no progress
 
     def _one_worker(self, ctx: Any, job: Job, engine: EngineSpec, todo: list[Cohort],
                     concurrent: bool, on_record: RecordSink, on_steps: StepSink,
-                    control: Interrupts) -> bool:
+                    control: Interrupts, device: str, threads: int) -> bool:
         """Run ``todo`` in one worker. True when it finished (or stopped on request); False
         when it was lost (hang, crash, poisoned context) and another must take over."""
-        import torch
-
-        payload = _Payload(loaded=job.loaded, device=str(job.problem.device),
+        payload = _Payload(loaded=job.loaded, device=device,
                            engine=engine, settings=job.settings, keys=job.keys,
-                           cohorts=todo, num_threads=torch.get_num_threads(),
+                           cohorts=todo, num_threads=threads,
                            parent_pid=os.getpid())
         results_r, results_w = ctx.Pipe(duplex=False)
         control_r, control_w = ctx.Pipe(duplex=False)
@@ -150,6 +204,8 @@ class ProcessExecutor:
             results_w.close()  # ours closed: the pipe reports EOF once the worker is gone
             control_r.close()
             while True:
+                if self._abort.is_set():
+                    return True  # the parent is leaving (Ctrl-C, another lane failed)
                 if control.stop_requested and not stop_sent:
                     with contextlib.suppress(OSError):
                         control_w.send("stop")
@@ -232,11 +288,36 @@ class ProcessExecutor:
                 conn.close()
 
     def _kill(self, proc: BaseProcess) -> None:
-        proc.terminate()
-        proc.join(self.kill_grace_s)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
+        # Workers ignore SIGTERM (a SIGTERM to the whole group is the parent's to handle), so
+        # a worker is stopped with SIGKILL; it holds nothing that a SIGTERM would have saved.
+        proc.kill()
+        proc.join(10)
+
+
+def plan_lanes(cohorts: list[Cohort], device: Any, workers: int | None,
+               gpus: int) -> list[tuple[str, list[Cohort]]]:
+    """Cohorts spread over workers: ``(device, cohorts)`` per worker, largest cohort first
+    into the lane with the fewest probes. On CUDA without an index, one worker per visible
+    GPU (``CUDA_VISIBLE_DEVICES`` is what torch counts) unless ``workers`` says otherwise,
+    worker ``i`` pinned to ``cuda:(i mod gpus)``; elsewhere ``workers`` (default 1) workers on
+    the audit's device."""
+    spread = device.type == "cuda" and device.index is None and gpus > 0
+    count = workers if workers is not None else (gpus if spread else 1)
+    count = max(1, min(count, len(cohorts))) if cohorts else 1
+    devices = [f"cuda:{i % gpus}" if spread else str(device) for i in range(count)]
+    lanes: list[list[Cohort]] = [[] for _ in range(count)]
+    load = [0] * count
+    for cohort in sorted(cohorts, key=lambda c: -len(c.probes)):
+        i = load.index(min(load))
+        lanes[i].append(cohort)
+        load[i] += len(cohort.probes)
+    return [(d, lane) for d, lane in zip(devices, lanes, strict=True) if lane]
+
+
+class SingleProcessExecutor(ProcessExecutor):
+    """``process``: the older name of ``processes`` (same behaviour, same options)."""
+
+    name = "process"
 
 
 def _lost_record(job: Job, spec: ProbeSpec, outcome: str, elapsed: float, message: str,
@@ -308,8 +389,10 @@ def _cuda_unusable() -> bool:
 def worker_main(payload: _Payload, results: Connection, control: Connection) -> None:
     """Entry point of a worker process (module-level, so ``spawn`` can import it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a group-wide SIGTERM: the parent decides
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        # A worker started from a lane thread inherits its mask: SIGTERM must reach us.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent(payload.parent_pid)
 
     import torch
@@ -322,7 +405,7 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
         data = problem.data.to(problem.device)
         engine = payload.engine.build()
         warm_up()
-    except Exception as exc:
+    except BaseException as exc:  # user code's KeyboardInterrupt, sys.exit(): no traceback
         code = exc.exit_code if isinstance(exc, StabcheckError) else 3
         results.send(("fatal", {"message": f"in the worker process: {exc}", "exit_code": code}))
         return
@@ -348,7 +431,8 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
                     on_record, lambda n: results.send(("steps", n)), stop_requested,
                     on_cohort=lambda i: results.send(("start", i)),
                     on_note=lambda message: results.send(("note", message)))
-    except Exception as exc:  # escaped the engine (a poisoned device, a bug): say what
+    except BaseException as exc:  # escaped the engine (a poisoned device, a bug, user code's
+        # KeyboardInterrupt or sys.exit()): say what, without a traceback
         results.send(("crash", describe_exception(exc)))
         results.close()
         os._exit(EXIT_CRASHED)

@@ -1,0 +1,93 @@
+"""What user code must not be able to do to the audit's own process.
+
+* :func:`user_output_to_stderr` — user code's ``print()`` (and anything a C extension writes
+  to file descriptor 1) goes to stderr while the audit runs, so that a machine format on
+  stdout (``--format json``) stays parseable. Worker processes started meanwhile inherit the
+  redirected descriptor, so the same holds for them.
+* :func:`exit_process` — the process ends with the verdict's exit status even when user code
+  left a non-daemon thread running (the interpreter would otherwise wait for it forever).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+from stabcheck.errors import UserCodeError
+
+
+@contextlib.contextmanager
+def user_output_to_stderr() -> Iterator[None]:
+    """Send stdout to stderr, at the Python and the file-descriptor level, for the block."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptor 1 (or 2): the Python level alone
+        saved = None
+    previous = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        sys.stdout = previous
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def lingering_threads() -> list[threading.Thread]:
+    """Non-daemon threads other than the main one that are still running."""
+    return [t for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+
+
+def exit_process(code: int) -> None:
+    """``sys.exit(code)``, or — when user code left non-daemon threads running, which the
+    interpreter would wait for forever — flush and ``os._exit(code)``."""
+    if not lingering_threads():
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+class _Expired(BaseException):
+    """Raised by the alarm inside user code; a BaseException so user code's ``except
+    Exception`` (and the engines') cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Stop ``what`` (user code run in this process outside a probe: the trial forward pass,
+    the per-seed init checks) past ``seconds`` (``probe.timeout_s``) with a one-line error.
+
+    A ``SIGALRM`` timer: it interrupts Python code (a ``time.sleep``, a loop) but not a call
+    hung inside a C extension; main thread of a POSIX process only, else no limit.
+    """
+    if seconds is None or not hasattr(signal, "setitimer") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Expired:
+        raise UserCodeError(f"{what} ran past probe.timeout_s={seconds:g}s (user code hung?); "
+                            "the audit was not carried out") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
