@@ -225,8 +225,11 @@ def test_a_float32_norm_overflow_is_settled_by_the_exact_replay(
 
 
 def test_timeout_marks_every_member(write_config) -> None:
-    problem, config = _problem(write_config, {"probe": {**PROBE, "steps": 400,
-                                                        "timeout_s": 1e-6}})
+    # The limit applies to the probes only: the trial forward pass at build time (which
+    # probe.timeout_s also bounds) runs without it.
+    problem, config = _problem(write_config, {"probe": {**PROBE, "steps": 400}})
+    config = config.model_copy(update={"probe": config.probe.model_copy(
+        update={"timeout_s": 1e-6})})
     vec = _run(VectorizedEngine(), problem, config)
     assert {r.outcome for r in vec.values()} == {"timeout"}
     assert all(r.steps_run == 1 and len(r.series("loss")) == 1 for r in vec.values())
