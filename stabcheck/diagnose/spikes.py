@@ -34,7 +34,7 @@ register(CodeInfo(
                    "gradients at the recommended threshold.",
     thresholds=("spike_sigma", "spike_window", "spike_min_history", "spike_min_range_fraction",
                 "spike_noise_steps", "spike_recovery_steps"),
-    config_key="sweep.learning_rates", plots=("loss",),
+    config_key="sweep.learning_rates", plots=("loss",), suggests_warmup=True,
 ))
 
 register(CodeInfo(
@@ -50,6 +50,7 @@ register(CodeInfo(
                    "gradients.",
     thresholds=("spike_sigma", "spike_window", "spike_recovery_steps"),
     config_key="sweep.learning_rates", status="diverged", plots=("loss",),
+    suggests_warmup=True,
 ))
 
 
@@ -69,6 +70,7 @@ register(CodeInfo(
     recommendation="Lower the learning rate, or add warmup if the blow-up is in the first "
                    "steps.",
     thresholds=("blowup_factor",), config_key="sweep.learning_rates", plots=("loss",),
+    suggests_warmup=True,
 ))
 
 

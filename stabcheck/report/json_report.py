@@ -49,21 +49,9 @@ def layer_summary(record: ProbeRecord) -> dict[str, Any]:
     return {"names": list(record.layer_names), "grad_norm": out}
 
 
-def _rounded_findings(data: dict[str, Any]) -> dict[str, Any]:
-    # A finding's value and threshold keep 6 significant digits (records.significant), like
-    # every other measured number in the report: last-digit noise between numpy builds must
-    # not change the file.
-    findings = data.get("findings")
-    for finding in findings or []:
-        for key in ("value", "threshold"):
-            if isinstance(finding.get(key), float):
-                finding[key] = significant(finding[key])
-    return data
-
-
 def render(result: AuditResult) -> str:
     """Pretty, key-sorted JSON with non-finite numbers as null."""
-    payload = _rounded_findings(result.to_json())
+    payload = result.to_json()
     by_index = {p.record.index: p.record for p in result.diagnosis.probes}
     for probe in payload["probes"]:
         record = by_index.get(probe["index"])

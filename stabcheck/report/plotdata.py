@@ -179,7 +179,7 @@ def steps_planned(members: list[ProbeDiagnosis]) -> int:
 
 
 def median_final_loss(members: list[ProbeDiagnosis]) -> float | None:
-    """The median of the diagnosis' ``final_loss`` across a cell's seeds (None if none)."""
-    finals = [m.stats.get("final_loss") for m in members]
-    finite = [f for f in finals if f is not None]
-    return float(np.median(finite)) if finite else None
+    """The cell's median final loss across its seeds, as the diagnosis summarised it (None
+    if no seed has one)."""
+    cell = members[0].cell if members else None
+    return cell.median_final_loss if cell is not None else None

@@ -67,10 +67,10 @@ def test_gpt2_blowup_then_chance_is_diverged() -> None:
     [f] = [f for f in p.findings if f.code == "SC103"]
     assert "lr=0.03" in f.message
     # The initial loss is the first step's, before any update: not a median of exploded steps.
-    assert p.stats["initial_loss"] == pytest.approx(float(loss[0]), rel=1e-5)
+    assert p.stats.initial_loss == pytest.approx(float(loss[0]), rel=1e-5)
     assert probe(d, 0.03, 0).status == "healthy"
-    assert d.summary["max_stable_lr"] == {"16": 0.03}
-    assert d.summary["min_diverging_lr"] == {"16": 0.3}
+    assert d.summary.max_stable_lr == {"16": 0.03}
+    assert d.summary.min_diverging_lr == {"16": 0.3}
 
 
 def test_lstm_runaway_from_its_best_loss_is_sc102() -> None:
