@@ -152,6 +152,7 @@ def grad_spike_finding(record: ProbeRecord, ctx: Context, spikes: list[Spike],
     or the spikes repeat; information otherwise (a heavy-tailed gradient norm)."""
     th = ctx.thresholds
     worst = max(spikes, key=lambda s: s.zscore)
+    value, threshold = worst.evidence(th.spike_sigma)
     steps = [s.step for s in spikes]
     shown = ", ".join(map(str, steps[:8])) + (" …" if len(steps) > 8 else "")
     peak = float(np.nanmax(grad[steps]))
@@ -164,10 +165,10 @@ def grad_spike_finding(record: ProbeRecord, ctx: Context, spikes: list[Spike],
            else "; the loss did not respond")
     return make(
         "SC302", f"{len(spikes)} gradient-norm spike(s) at step {shown} (peak {peak:.3g}, "
-                 f"worst {worst.zscore:.0f} sigma, {len(spikes) / max(record.steps_run, 1):.1%}"
+                 f"worst {worst.describe()}, {len(spikes) / max(record.steps_run, 1):.1%}"
                  f" of steps{why}) ({record.label})",
         severity=None if warn else Severity.INFO,
-        probes=[record.index], steps=steps, value=worst.zscore, threshold=th.spike_sigma)
+        probes=[record.index], steps=steps, value=value, threshold=threshold)
 
 
 def zero_gradient_layers(record: ProbeRecord, ctx: Context) -> list[Finding]:
