@@ -36,7 +36,8 @@ from stabcheck.diagnose import (
     sweep,
 )
 from stabcheck.diagnose.context import Context
-from stabcheck.diagnose.results import CellSummary, ProbeStats, SweepSummary
+from stabcheck.diagnose.layers import layer_summary
+from stabcheck.diagnose.results import CellSummary, LayerSummary, ProbeStats, SweepSummary
 from stabcheck.findings import Finding, Severity, sort_findings
 from stabcheck.records import CRASHED, ProbeRecord
 
@@ -53,6 +54,7 @@ class ProbeDiagnosis:
     stats: ProbeStats
     findings: list[Finding] = field(default_factory=list)
     cell: CellSummary | None = None
+    layers: LayerSummary = field(default_factory=LayerSummary)
 
 
 @dataclass
@@ -134,7 +136,9 @@ def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
     dynamics.failed_probes(ordered, per_probe, ctx)
     dynamics.relax_low_lr_stagnation(ordered, per_probe, ctx)
     probes = [ProbeDiagnosis(r, probe_status(r, per_probe[r.index]), probe_stats(r),
-                             per_probe[r.index]) for r in ordered]
+                             per_probe[r.index],
+                             layers=layer_summary(r.layer_names, r.layer_matrix()))
+              for r in ordered]
     findings = [f for p in probes for f in p.findings]
     parts: dict[str, Any] = {}
     for analyse in SWEEP_ANALYSES:

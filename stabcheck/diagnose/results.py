@@ -118,6 +118,16 @@ class ProbeStats(Result):
 
 
 @dataclass(frozen=True)
+class LayerSummary(Result):
+    """One probe's per-layer gradient norms over the steps it ran: ``names`` in depth order
+    and ``grad_norm`` ``min``/``median``/``max`` aligned with them (``None`` where a layer
+    never had a finite norm)."""
+
+    names: tuple[str, ...] = ()
+    grad_norm: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class CellSummary(Result):
     """One (batch size, lr) cell of the grid over its seeds (for renderers; not in JSON)."""
 

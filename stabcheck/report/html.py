@@ -167,8 +167,9 @@ def _curves(result: AuditResult) -> str:
     clip = plotdata.grad_clip(result)
     parts = ['<section id="curves"><h2>Loss and gradient norms per cell</h2>',
              '<p class="muted">All seeds overlaid, log scale. Rings mark the loss spikes and '
-             "gradient-norm spikes named by findings SC201/SC202/SC302; × marks the step where "
-             "a probe went non-finite"
+             "gradient-norm spikes named by findings "
+             + "/".join(plotdata.MARK_CODES["loss"] + plotdata.MARK_CODES["grad_norm"])
+             + "; × marks the step where a probe went non-finite"
              + (f"; the dashed red line is grad_clip = {clip:g}" if clip is not None else "")
              + ". Long traces are thinned for display (spikes and the last finite point are "
              "kept).</p>"]
@@ -213,7 +214,8 @@ def _sharpness(result: AuditResult) -> str:
     return ('<section id="sharpness"><h2>Sharpness against 2/η</h2>'
             '<p class="muted">Top Hessian eigenvalue where the probe measured it. Plain gradient '
             "descent is stable while sharpness stays below 2/η (Cohen et al. 2021); rings mark "
-            "measurements past the optimizer's limit (SC701).</p>"
+            "measurements past the optimizer's limit ("
+            + "/".join(plotdata.MARK_CODES["sharpness"]) + ").</p>"
             f'<div class="cells">{"".join(cards)}</div></section>')
 
 

@@ -1,7 +1,7 @@
 """What the plots show, taken from a finished result: shared by the HTML and PNG reports.
 
-Nothing here computes a statistic. Spike steps come from the findings that name them
-(SC201/SC202 on the loss, SC302 on the gradient norm, SC701 on sharpness); the point where a
+Nothing here computes a statistic. Spike steps come from the findings that name them (which
+codes mark which plot is each code's registry entry, ``CodeInfo.plots``); the point where a
 probe went non-finite is the engine's ``first_nonfinite_step``. Long traces are decimated for
 display only: per bucket the lowest and highest point survive, and so do marked steps and the
 last finite point, so a spike or a blow-up never disappears from the picture.
