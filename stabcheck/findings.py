@@ -141,6 +141,8 @@ class Finding:
 def make(code: str, message: str, severity: Severity | None = None, **kwargs: Any) -> Finding:
     """A finding of a registered code; severity and recommendation default to the code's."""
     info = REGISTRY[code]
+    if info.status == "hint":
+        raise ValueError(f"{code} is a hint, shown once in the summary, never a finding")
     kwargs.setdefault("recommendation", info.recommendation)
     kwargs.setdefault("config_key", info.config_key)
     return Finding(code=code, severity=severity or info.severity, message=message, **kwargs)

@@ -13,7 +13,7 @@ import pytest
 
 from stabcheck.diagnose import FAMILIES
 from stabcheck.diagnose.results import CellSummary, FrozenMap, StabilityMargin, SweepSummary
-from stabcheck.findings import REGISTRY, codes_where
+from stabcheck.findings import REGISTRY, codes_where, make
 from tests.diagnose.helpers import decreasing, record, run
 
 
@@ -34,6 +34,9 @@ def test_code_meanings_come_from_the_registry() -> None:
     assert codes_where(junit="crash") == ("SC801", "SC802", "SC803")
     assert {"SC201", "SC202", "SC205", "SC302"} <= set(codes_where(suggests_warmup=True))
     assert "SC101" in codes_where(status="diverged")
+    for hint in codes_where(status="hint"):  # shown once in the summary, never a finding
+        with pytest.raises(ValueError, match="hint"):
+            make(hint, "every audit gets this")
 
 
 def test_results_are_frozen_and_rounded_once() -> None:
