@@ -28,6 +28,9 @@ TREND_STEPS = 8
 # rise anyway.
 SPREAD_FLOOR_FRACTION = 0.01
 RELATIVE_SPREAD_FLOOR = 1e-4
+# A jump to more than 100x its pre-spike value is a jump from (nearly) zero: reported by its
+# values, with no relative size.
+MAX_RELATIVE_JUMP = 100.0
 
 
 def trailing_noise(x: np.ndarray, window: int, min_history: int
@@ -71,15 +74,19 @@ class Spike:
 
     @property
     def jump(self) -> float | None:
-        """The rise relative to the pre-spike value (None from a value of 0)."""
-        return (self.peak - self.baseline) / abs(self.baseline) if self.baseline else None
+        """The rise relative to the pre-spike value; None from (nearly) zero, where a relative
+        size means nothing (a gradient norm of 1e-38 jumping to 250 is not "+2e40%")."""
+        if not self.baseline:
+            return None
+        jump = (self.peak - self.baseline) / abs(self.baseline)
+        return jump if abs(jump) < MAX_RELATIVE_JUMP else None
 
     def describe(self) -> str:
         """``41 sigma``; off a flat stretch the jump itself: ``jump from 2.3 to 2.8 (+22%)``."""
         if not self.flat:
             return f"{self.zscore:.0f} sigma"
         jump = self.jump
-        rel = f" ({jump:+.0%})" if jump is not None and abs(jump) < 100 else ""
+        rel = f" ({jump:+.0%})" if jump is not None else ""
         return f"jump from {self.baseline:.4g} to {self.peak:.4g}{rel} off a flat stretch"
 
     def evidence(self, sigma: float) -> tuple[float | None, float | None]:

@@ -51,6 +51,17 @@ def test_loss_trained_to_exactly_zero_then_jumping_is_not_millions_of_sigma() ->
     assert sigmas(d.findings) == [] and f.value is None
 
 
+def test_a_jump_from_a_denormal_gradient_norm_has_no_relative_size() -> None:
+    # The same probes' gradient norms sit at 1e-38 and jump to 250: not "+2e40%".
+    grad = np.r_[1.7, 2.6, 0.84, 0.47, 0.01, np.full(75, 8e-39)]
+    grad[50] = 253.1
+    d = run([record(decreasing(80), grad=grad)])
+    f = only(d.findings, "SC302")
+    assert "worst jump from 8e-39 to 253.1 off a flat stretch" in f.message
+    assert "%)" not in f.message.split("flat stretch")[0]
+    assert f.value is None and f.threshold is None
+
+
 def test_near_flat_gradient_norm_spike_reports_the_jump() -> None:
     grad = 1.0 + 1e-10 * np.random.default_rng(1).standard_normal(80)
     grad[50] = 5.0
