@@ -184,7 +184,7 @@ def score(path: Path, refresh: bool = False, rerun: bool = False,
               if all(t["label"] == "healthy" for t in probes
                      if t["batch_size"] == bs and t["lr"] == lr)]
         s.stable_truth[bs] = max(ok) if ok else None
-    summary = result.diagnosis.summary
+    summary = result.diagnosis.summary.to_json()
     s.reported = {k: summary.get(k) for k in ("max_stable_lr", "min_diverging_lr")}
     return s
 

@@ -31,7 +31,8 @@ def label(losses: list[float | None]) -> tuple[str, dict[str, float | None]]:
                 for i in range(FINAL_STEPS - 1, len(values))] or values
     best = min(smoothed)
     peak = max(values)
-    measures = {"initial": initial, "final": final, "best": best, "peak": peak}
+    measures: dict[str, float | None] = {"initial": initial, "final": final, "best": best,
+                                         "peak": peak}
     if final > initial or (final > RUNAWAY_FACTOR * best
                            and final - best > RUNAWAY_FLOOR * abs(initial)):
         return "diverged", measures

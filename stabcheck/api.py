@@ -105,13 +105,13 @@ class AuditResult:
         diagnosis = report.diagnosis
         probes = [ProbeResult(index=p.record.index, lr=p.record.lr, seed=p.record.seed,
                               batch_size=p.record.batch_size, status=p.status,
-                              steps_run=p.record.steps_run, stats=dict(p.stats),
+                              steps_run=p.record.steps_run, stats=p.stats.to_json(),
                               findings=sorted({f.code for f in p.findings}))
                   for p in diagnosis.probes]
-        msl = {int(bs): lr for bs, lr in diagnosis.summary.get("max_stable_lr", {}).items()}
+        msl = {int(bs): lr for bs, lr in diagnosis.summary.max_stable_lr.items()}
         return cls(verdict=report.verdict.verdict, exit_code=report.exit_code,
                    reason=report.verdict.reason, probes=probes,
-                   findings=list(diagnosis.findings), summary=diagnosis.summary,
+                   findings=list(diagnosis.findings), summary=diagnosis.summary.to_json(),
                    max_stable_lr=dict(sorted(msl.items())), results_dir=results_dir,
                    report=report)
 

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from stabcheck.config import LoadedConfig
 
 
+# NaN or Inf in the data is a data problem: no learning rate, warmup or clip fixes it.
+BAD_DATA = ("bad data, not a learning-rate problem: drop or fill those rows (or fix how the "
+            "file is written) before auditing")
+
+
 def data_path(loaded: LoadedConfig) -> Path:
     """``data.path`` resolved against the config file's directory."""
     raw = Path(str(loaded.config.data.path)).expanduser()
@@ -45,8 +50,9 @@ def read_data_file(loaded: LoadedConfig) -> tuple[tuple[torch.Tensor, ...], list
         raise loaded.error_at(("data", "path"), f"file not found: {path}")
     suffix = path.suffix.lower()
     notes: list[str] = []
+    names: list[str] | None = None  # feature column names (tables); indices otherwise
     if suffix in (".csv", ".parquet"):
-        x, y = _read_table(loaded, path, notes)
+        x, y, names = _read_table(loaded, path, notes)
     elif suffix == ".npz":
         x, y = _read_npz(loaded, path)
     else:
@@ -61,10 +67,11 @@ def read_data_file(loaded: LoadedConfig) -> tuple[tuple[torch.Tensor, ...], list
     x = x.astype(np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
-        row = int(np.argwhere(bad)[0][0])
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        column = repr(names[col]) if names is not None and col < len(names) else str(col)
         raise loaded.error_at(("data", "path"), f"{path.name}: {int(bad.sum())} missing or "
-                              f"non-finite feature value(s), the first in row {row}; drop or "
-                              "fill them")
+                              f"non-finite feature value(s), the first in row {row} (column "
+                              f"{column}); {BAD_DATA}")
     if spec.standardize:
         std = x.std(axis=0)
         x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
@@ -78,9 +85,12 @@ def _target_tensor(loaded: LoadedConfig, y: np.ndarray, path: Path) -> torch.Ten
     if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
         raise loaded.error_at(("data", "target"), f"{path.name}: the target has dtype "
                               f"{y.dtype}; expected numbers")
-    if not np.isfinite(y.astype(np.float64)).all():
-        raise loaded.error_at(("data", "target"), f"{path.name}: the target has missing or "
-                              "non-finite values; drop or fill them")
+    bad = ~np.isfinite(y.astype(np.float64))
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise loaded.error_at(("data", "target"), f"{path.name}: the target has {int(bad.sum())} "
+                              f"missing or non-finite value(s), the first in row {row}; "
+                              f"{BAD_DATA}")
     if loaded.config.loss == "cross_entropy":
         if y.ndim != 1:
             raise loaded.error_at(("data", "target"), f"{path.name}: cross_entropy needs one "
@@ -94,7 +104,7 @@ def _target_tensor(loaded: LoadedConfig, y: np.ndarray, path: Path) -> torch.Ten
 
 
 def _read_table(loaded: LoadedConfig, path: Path,
-                notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+                notes: list[str]) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     import pandas as pd
 
     spec = loaded.config.data
@@ -152,7 +162,7 @@ def _read_table(loaded: LoadedConfig, path: Path,
                                   "is not numeric; a string target needs loss: cross_entropy")
         else:
             y = column.to_numpy()
-    return frame[features].to_numpy(dtype=np.float64), y
+    return frame[features].to_numpy(dtype=np.float64), y, features
 
 
 def _missing(kind: str, name: Any, available: list[str], path: Path) -> str:

@@ -5,7 +5,8 @@ source of its default threshold and what to do about it; ``stabcheck explain COD
 exactly this. Codes never change meaning once released: new checks get new codes.
 
 Families: SC1xx numerics and divergence, SC2xx loss dynamics, SC3xx gradients, SC4xx
-clipping, SC5xx sweep-level, SC6xx initialisation, SC7xx curvature, SC8xx execution.
+clipping, SC5xx sweep-level, SC6xx initialisation, SC7xx curvature, SC8xx execution, SC9xx
+normalisation (declared once, with their detectors, in ``stabcheck.diagnose.FAMILIES``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from stabcheck.records import significant
 
 
 class Severity(StrEnum):
@@ -42,11 +45,20 @@ class CodeInfo:
     recommendation: str
     thresholds: tuple[str, ...] = ()
     config_key: str | None = None
-    # What the code means for a probe's status: "diverged" codes make it diverged; any other
-    # code makes it unstable at warning or error severity and leaves it healthy at info.
+    # What the code means for a probe's status: "diverged" codes make it diverged; "hint"
+    # codes are never findings (shown once in the summary); any other code makes a probe
+    # unstable at warning or error severity and leaves it healthy at info.
     status: str | None = None
     # The plotted series (loss, grad_norm, sharpness) whose steps this code's findings mark.
     plots: tuple[str, ...] = ()
+    # False for a cause the learning rate cannot fix (bad data, the loss function): while a
+    # finding of such a code stands, no learning rate is recommended and SC504 names it.
+    lr_fixable: bool = True
+    # Findings of this code in a probe's first steps suggest a warmup (recommendations).
+    suggests_warmup: bool = False
+    # JUnit: an error-level finding is a <failure> of its testcase, except that a "crash"
+    # code on a crashed probe is already the testcase's <error>.
+    junit: str = "failure"
 
     @property
     def diverged(self) -> bool:
@@ -55,6 +67,12 @@ class CodeInfo:
 
 
 REGISTRY: dict[str, CodeInfo] = {}
+
+
+def codes_where(**wanted: object) -> tuple[str, ...]:
+    """The registered codes whose entries have every given attribute value, sorted."""
+    return tuple(sorted(code for code, info in REGISTRY.items()
+                        if all(getattr(info, k) == v for k, v in wanted.items())))
 
 
 def register(info: CodeInfo) -> CodeInfo:
@@ -78,6 +96,13 @@ class Finding:
     threshold: float | None = None
     recommendation: str = ""
     config_key: str | None = None
+
+    def __post_init__(self) -> None:
+        # The reports' one rounding rule (stabcheck.diagnose.results): 6 significant digits.
+        if isinstance(self.value, float):
+            self.value = significant(self.value)
+        if isinstance(self.threshold, float):
+            self.threshold = significant(self.threshold)
 
     @property
     def info(self) -> CodeInfo:
@@ -116,6 +141,8 @@ class Finding:
 def make(code: str, message: str, severity: Severity | None = None, **kwargs: Any) -> Finding:
     """A finding of a registered code; severity and recommendation default to the code's."""
     info = REGISTRY[code]
+    if info.status == "hint":
+        raise ValueError(f"{code} is a hint, shown once in the summary, never a finding")
     kwargs.setdefault("recommendation", info.recommendation)
     kwargs.setdefault("config_key", info.config_key)
     return Finding(code=code, severity=severity or info.severity, message=message, **kwargs)

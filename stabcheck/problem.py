@@ -273,8 +273,9 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
                                   ) from None
     bad = nonfinite(data)
     if bad:
-        raise loaded.error_at(("data",), f"the data is not finite: {bad}; drop or fill those "
-                              "samples before auditing")
+        raise loaded.error_at(("data",), f"the data is not finite: {bad}; bad data, not a "
+                              "learning-rate problem: drop or fill those samples before "
+                              "auditing")
     for i, bs in enumerate(cfg.sweep.batch_sizes):
         if bs > data.n:
             raise loaded.error_at(("sweep", "batch_sizes", i),

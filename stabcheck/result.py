@@ -61,7 +61,7 @@ class AuditResult:
             "environment": self.environment,
             "probes": [_probe_json(p) for p in self.diagnosis.probes],
             "findings": [f.to_dict() for f in self.diagnosis.findings],
-            "summary": self.diagnosis.summary,
+            "summary": self.diagnosis.summary.to_json(),
             "notes": self.notes,
             "timings": self.timings,
         }
@@ -75,7 +75,7 @@ def _probe_json(p: Any) -> dict[str, Any]:
         "steps_planned": r.steps_planned, "steps_run": r.steps_run,
         "first_nonfinite_step": r.first_nonfinite_step, "nonfinite_what": r.nonfinite_what,
         "nonfinite_kind": r.nonfinite_kind, "nonfinite_module": r.nonfinite_module,
-        "stats": p.stats, "findings": sorted({f.code for f in p.findings}),
+        "stats": p.stats.to_json(), "findings": sorted({f.code for f in p.findings}),
         "error": r.error, "timings": {"wall_time_s": round(r.wall_time_s, 4)},
         "curvature": r.curvature,
     }

@@ -146,7 +146,9 @@ def nonfinite(data: TensorData) -> str | None:
         if t.is_floating_point() or t.is_complex():
             bad = ~torch.isfinite(t)
             if bool(bad.any()):
-                row = int(bad.reshape(t.shape[0], -1).any(dim=1).nonzero()[0, 0])
+                first = [int(i) for i in bad.nonzero()[0]]
+                at = f" at {tuple(first[1:])}" if len(first) > 2 else \
+                    f" at {first[1]}" if len(first) == 2 else ""
                 return (f"{name} holds {int(bad.sum())} NaN/Inf value(s), the first in sample "
-                        f"{row}")
+                        f"{first[0]}{at}")
     return None

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from click.testing import CliRunner
 
+from stabcheck.cli import cli
 from stabcheck.config import load_config
 from stabcheck.errors import ConfigError
 from stabcheck.problem import build_problem
@@ -113,9 +115,60 @@ def test_nan_in_the_data_is_a_config_error(write_config, tmp_path: Path) -> None
     table.loc[5, "b"] = np.nan
     table.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(ConfigError, match=r"data.path: train.csv: 1 missing or non-finite "
-                                          r"feature value\(s\), the first in row 5"):
+                                          r"feature value\(s\), the first in row 5 \(column "
+                                          r"'b'\); bad data, not a learning-rate problem") as err:
         build_problem(load_config(data_config(write_config, {"path": "train.csv",
                                                              "target": "label"})))
+    assert "lower" not in str(err.value)  # not a learning-rate problem: no LR advice
+
+
+def test_inf_in_the_target_and_in_an_npz_column_name_where(write_config,
+                                                           tmp_path: Path) -> None:
+    table = frame().drop(columns="city").astype({"label": float})
+    table.loc[7, "label"] = np.inf
+    table.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(ConfigError, match=r"data.target: train.csv: the target has 1 missing or "
+                                          r"non-finite value\(s\), the first in row 7; bad data"):
+        build_problem(load_config(data_config(write_config, {"path": "train.csv",
+                                                             "target": "label"},
+                                              loss="mse")))
+    x = np.ones((32, 4))
+    x[3, 2] = -np.inf
+    np.savez(tmp_path / "train.npz", x=x, y=np.arange(32) % 3)
+    with pytest.raises(ConfigError, match=r"train.npz: 1 missing or non-finite feature "
+                                          r"value\(s\), the first in row 3 \(column 2\)"):
+        build_problem(load_config(data_config(write_config, {"path": "train.npz",
+                                                             "target": "y"})))
+
+
+def test_nan_in_factory_data_names_the_key_and_sample(write_config, write_module) -> None:
+    write_module("nandata.py", """
+        import torch
+
+        def build():
+            x = torch.ones(64, 4)
+            x[9, 1] = float("nan")
+            return x, torch.arange(64) % 3
+        """)
+    path = data_config(write_config, {"factory": "./nandata.py:build"})
+    with pytest.raises(ConfigError, match=r"data: the data is not finite: inputs holds 1 "
+                                          r"NaN/Inf value\(s\), the first in sample 9 at 1; bad "
+                                          r"data, not a learning-rate problem"):
+        build_problem(load_config(path))
+
+
+def test_validate_and_audit_stop_on_nan_data_with_one_line(write_config, tmp_path: Path) -> None:
+    table = frame().drop(columns="city")
+    table.loc[11, "c"] = np.nan
+    table.to_csv(tmp_path / "train.csv", index=False)
+    path = data_config(write_config, {"path": "train.csv", "target": "label"})
+    runner = CliRunner()
+    for command in (["validate", str(path)], ["audit", str(path), "--out",
+                                               str(tmp_path / "out")]):
+        result = runner.invoke(cli, command, catch_exceptions=False)
+        assert result.exit_code == 2, result.stderr
+        [line] = [ln for ln in result.stderr.splitlines() if "non-finite" in ln]
+        assert "row 11 (column 'c')" in line and "Traceback" not in result.stderr
 
 
 def test_file_options_without_a_path_and_two_sources(write_config) -> None:

@@ -1,21 +1,29 @@
 """From probe records to findings, probe statuses and the sweep summary.
 
-Pure functions only: no torch, no I/O. Each family lives in its own module and registers its
-finding codes on import; :func:`diagnose` runs them all:
+Pure functions only: no torch, no I/O. Each family lives in its own module(s) and registers
+its finding codes on import; :data:`FAMILIES` declares them all, once, and :func:`diagnose` runs
+them:
 
-* :data:`PROBE_DETECTORS` — ``(record, ctx) -> list[Finding]``, one probe at a time;
-* :data:`SWEEP_ANALYSES` — ``(probes, ctx) -> (summary part, findings)``, the whole grid.
+* each family's probe detectors — ``(record, ctx) -> list[Finding]``, one probe at a time;
+* each family's sweep analyses — ``(probes, ctx) -> (summary fields, findings)``, the whole
+  grid; the fields are those of :class:`~stabcheck.diagnose.results.SweepSummary`.
+
+What a code means for a probe's status, the plots, the advice and JUnit is read from its
+registry entry (:class:`stabcheck.findings.CodeInfo`), never from lists of codes here or in a
+renderer. The results handed to the reports are the frozen, rounded ones of
+:mod:`stabcheck.diagnose.results`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from stabcheck.diagnose import (
+    advice,
     clipping,
     curvature,
     dynamics,
@@ -28,20 +36,25 @@ from stabcheck.diagnose import (
     sweep,
 )
 from stabcheck.diagnose.context import Context
+from stabcheck.diagnose.layers import layer_summary
+from stabcheck.diagnose.results import CellSummary, LayerSummary, ProbeStats, SweepSummary
 from stabcheck.findings import Finding, Severity, sort_findings
-from stabcheck.records import CRASHED, ProbeRecord, significant
+from stabcheck.records import CRASHED, ProbeRecord
 
 STATUSES = ("healthy", "unstable", "diverged", "error", "timeout", "oom")
 
 
 @dataclass
 class ProbeDiagnosis:
-    """One probe's record, its status, summary statistics and findings."""
+    """One probe's record, its status, summary statistics and findings, and the summary of
+    its grid cell (all its seeds)."""
 
     record: ProbeRecord
     status: str
-    stats: dict[str, float | None]
+    stats: ProbeStats
     findings: list[Finding] = field(default_factory=list)
+    cell: CellSummary | None = None
+    layers: LayerSummary = field(default_factory=LayerSummary)
 
 
 @dataclass
@@ -50,10 +63,10 @@ class Diagnosis:
 
     probes: list[ProbeDiagnosis]
     findings: list[Finding]
-    summary: dict[str, Any]
+    summary: SweepSummary
 
 
-def probe_stats(record: ProbeRecord) -> dict[str, float | None]:
+def probe_stats(record: ProbeRecord) -> ProbeStats:
     """Summary statistics of one probe (None where undefined)."""
     loss = record.series("loss")
     grad = record.series("grad_norm")
@@ -62,17 +75,13 @@ def probe_stats(record: ProbeRecord) -> dict[str, float | None]:
 
     finite_grad = grad[np.isfinite(grad)]
     finite_ratio = ratio[np.isfinite(ratio)]
-    return {
-        "initial_loss": significant(numerics.start_loss(loss)),
-        "final_loss": significant(numerics.end_loss(loss)),
-        "min_loss": significant(float(np.nanmin(loss))) if np.isfinite(loss).any() else None,
-        "max_grad_norm": significant(float(finite_grad.max())) if finite_grad.size else None,
-        "median_grad_norm": significant(float(np.median(finite_grad))) if finite_grad.size
-        else None,
-        "clip_fraction": significant(float(np.nanmean(clipped))) if clipped.size else None,
-        "median_update_ratio": significant(float(np.median(finite_ratio))) if finite_ratio.size
-        else None,
-    }
+    return ProbeStats(
+        initial_loss=numerics.start_loss(loss), final_loss=numerics.end_loss(loss),
+        min_loss=float(np.nanmin(loss)) if np.isfinite(loss).any() else None,
+        max_grad_norm=float(finite_grad.max()) if finite_grad.size else None,
+        median_grad_norm=float(np.median(finite_grad)) if finite_grad.size else None,
+        clip_fraction=float(np.nanmean(clipped)) if clipped.size else None,
+        median_update_ratio=float(np.median(finite_ratio)) if finite_ratio.size else None)
 
 
 def probe_status(record: ProbeRecord, findings: list[Finding]) -> str:
@@ -92,33 +101,31 @@ SweepAnalysis = Callable[[list[ProbeDiagnosis], Context], tuple[dict[str, Any], 
 
 @dataclass(frozen=True)
 class Family:
-    """One detector family: its codes' prefix, its per-probe detector and its sweep analysis
-    (either may be absent). What each code means for the status, the plots and the report
-    lives in the code's registry entry (:class:`stabcheck.findings.CodeInfo`)."""
+    """One detector family: the name its codes' registry entries give (``CodeInfo.family``),
+    their prefix, its per-probe detectors and its sweep analyses."""
 
     name: str
     prefix: str
-    detect: ProbeDetector | None = None
-    analyse: SweepAnalysis | None = None
+    detectors: tuple[ProbeDetector, ...] = ()
+    analyses: tuple[SweepAnalysis, ...] = ()
 
 
 # Every detector family, in the order detectors and analyses run. Sweep analyses run in this
 # order too: numerics first (causes the learning rate cannot fix), the sweep before the
 # families whose summaries use its statuses.
 FAMILIES: tuple[Family, ...] = (
-    Family("numerics", "SC1", numerics.detect, numerics.analyse),
-    Family("loss spikes", "SC2", spikes.detect),
-    Family("loss dynamics", "SC2", dynamics.detect),
-    Family("gradients", "SC3", gradients.detect, gradients.analyse),
-    Family("clipping", "SC4", clipping.detect, clipping.analyse),
-    Family("sweep", "SC5", None, sweep.analyse),
-    Family("initialisation", "SC6", None, init.analyse),
-    Family("curvature", "SC7", curvature.detect, curvature.analyse),
-    Family("execution", "SC8", execution.detect, execution.analyse),
-    Family("normalisation", "SC9", None, normalisation.analyse),
+    Family("numerics", "SC1", (numerics.detect,), (numerics.analyse,)),
+    Family("loss dynamics", "SC2", (spikes.detect, dynamics.detect)),
+    Family("gradients", "SC3", (gradients.detect,), (gradients.analyse,)),
+    Family("clipping", "SC4", (clipping.detect,), (clipping.analyse,)),
+    Family("sweep", "SC5", (), (sweep.analyse,)),
+    Family("initialisation", "SC6", (), (init.analyse,)),
+    Family("curvature", "SC7", (curvature.detect,), (curvature.analyse,)),
+    Family("execution", "SC8", (execution.detect,), (execution.analyse,)),
+    Family("normalisation", "SC9", (), (normalisation.analyse,)),
 )
-PROBE_DETECTORS: list[ProbeDetector] = [f.detect for f in FAMILIES if f.detect is not None]
-SWEEP_ANALYSES: list[SweepAnalysis] = [f.analyse for f in FAMILIES if f.analyse is not None]
+PROBE_DETECTORS: list[ProbeDetector] = [d for f in FAMILIES for d in f.detectors]
+SWEEP_ANALYSES: list[SweepAnalysis] = [a for f in FAMILIES for a in f.analyses]
 
 
 def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
@@ -129,13 +136,20 @@ def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
     dynamics.failed_probes(ordered, per_probe, ctx)
     dynamics.relax_low_lr_stagnation(ordered, per_probe, ctx)
     probes = [ProbeDiagnosis(r, probe_status(r, per_probe[r.index]), probe_stats(r),
-                             per_probe[r.index]) for r in ordered]
+                             per_probe[r.index],
+                             layers=layer_summary(r.layer_names, r.layer_matrix()))
+              for r in ordered]
     findings = [f for p in probes for f in p.findings]
-    summary: dict[str, Any] = {}
+    parts: dict[str, Any] = {}
     for analyse in SWEEP_ANALYSES:
         part, sweep_findings = analyse(probes, ctx)
-        summary.update(part)
+        parts.update(part)
         findings += sweep_findings
-    sweep.attribute_causes(findings)
-    summary["recommendations"] = sweep.recommendations(summary, findings, probes, ctx)
+    advice.attribute_causes(findings)
+    summary = SweepSummary(**parts)
+    summary = replace(summary, recommendations=tuple(
+        advice.recommendations(summary, findings, probes, ctx)))
+    by_cell = {(c.batch_size, c.lr): c for c in summary.cells}
+    for p in probes:
+        p.cell = by_cell.get((p.record.batch_size, p.record.lr))
     return Diagnosis(probes=probes, findings=sort_findings(findings), summary=summary)

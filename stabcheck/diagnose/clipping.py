@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stabcheck.diagnose.context import Context
+from stabcheck.diagnose.results import ClippingSummary
 from stabcheck.diagnose.series import find_spikes
 from stabcheck.findings import CodeInfo, Finding, Severity, make, register
 from stabcheck.records import ProbeRecord
@@ -79,10 +80,10 @@ def recommended_clip(probes: list[ProbeDiagnosis], percentile: float) -> tuple[
             by_bs[p.record.batch_size].append(grad[np.isfinite(grad)])
     if not by_bs:
         return None, {}
-    per_bs = {str(bs): float(f"{np.percentile(np.concatenate(v), percentile):.4g}")
+    per_bs = {str(bs): float(np.percentile(np.concatenate(v), percentile))
               for bs, v in sorted(by_bs.items()) if sum(a.size for a in v)}
     everything = np.concatenate([a for v in by_bs.values() for a in v])
-    overall = float(f"{np.percentile(everything, percentile):.4g}") if everything.size else None
+    overall = float(np.percentile(everything, percentile)) if everything.size else None
     return overall, per_bs
 
 
@@ -92,14 +93,11 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     overall, per_bs = recommended_clip(probes, th.clip_percentile)
     fractions = {p.record.index: clip_fraction(p.record) for p in probes
                  if p.record.outcome in ("completed", "nonfinite")}
-    summary: dict[str, Any] = {"clipping": {
-        "grad_clip": ctx.grad_clip,
-        "percentile": th.clip_percentile,
-        "recommended_clip": overall,
-        "recommended_clip_by_batch_size": per_bs,
-        "max_clip_fraction": (float(f"{max(fractions.values()):.4g}")
-                              if ctx.grad_clip is not None and fractions else None),
-    }}
+    summary: dict[str, Any] = {"clipping": ClippingSummary(
+        grad_clip=ctx.grad_clip, percentile=th.clip_percentile, recommended_clip=overall,
+        recommended_clip_by_batch_size=per_bs,
+        max_clip_fraction=(max(fractions.values())
+                           if ctx.grad_clip is not None and fractions else None))}
     findings: list[Finding] = []
     clip = ctx.grad_clip
     if clip is not None and fractions and all(f == 0 for f in fractions.values()):

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stabcheck.diagnose.context import Context
+from stabcheck.diagnose.results import CurvatureCell, CurvatureSummary, Hint
 from stabcheck.diagnose.sweep import max_stable_lr
 from stabcheck.findings import CodeInfo, Finding, Severity, make, register
-from stabcheck.records import ProbeRecord, significant
+from stabcheck.records import ProbeRecord
 
 if TYPE_CHECKING:
     from stabcheck.diagnose import ProbeDiagnosis
@@ -144,7 +145,7 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
         out.append(make(
             "SC701", f"{record.label}: {detail} at step {step} ({ratio:.2f}x the limit; "
             f"{len(above)} of {len(ratios)} measurements above it)",
-            probes=[record.index], steps=[int(s) for s, _, _ in above], value=significant(ratio),
+            probes=[record.index], steps=[int(s) for s, _, _ in above], value=ratio,
             threshold=threshold))
     li, lf = _finite(curv.get("lipschitz_init")), _finite(curv.get("lipschitz_final"))
     growth = ctx.thresholds.lipschitz_growth
@@ -153,7 +154,7 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
         out.append(make(
             "SC704", f"{record.label}: Lipschitz bound grew {lf / li:.3g}x "
             f"({li:.3g} → {lf:.3g}) over {record.steps_run} steps",
-            probes=[record.index], value=significant(lf / li), threshold=growth))
+            probes=[record.index], value=lf / li, threshold=growth))
     return out
 
 
@@ -173,12 +174,12 @@ def lipschitz_is_bound(ctx: Context, seed: int) -> bool:
 
 def _largest(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None]
-    return significant(max(finite)) if finite else None
+    return max(finite) if finite else None
 
 
 def _median(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
-    return significant(float(np.median(finite))) if finite else None
+    return float(np.median(finite)) if finite else None
 
 
 def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
@@ -193,7 +194,7 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     sizes = sorted({p.record.batch_size for p in probes}
                    | {int(bs) for s in seeds.values() for bs in s.get("by_batch_size", {})})
     stable = max_stable_lr(probes)
-    by_bs: dict[str, dict[str, Any]] = {}
+    by_bs: dict[str, CurvatureCell] = {}
     for bs in sizes:
         entries = [s["by_batch_size"].get(str(bs), {}) for s in seeds.values()]
         ceilings = [_finite(e.get("predicted_lr_ceiling")) for e in entries]
@@ -203,39 +204,30 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
         ratios = [_finite(r) for p in tracked if p.record.batch_size == bs
                   for r in p.record.curvature["eos_ratio"]]  # type: ignore[index]
         finite_ratios = [r for r in ratios if r is not None]
-        by_bs[str(bs)] = {
-            "predicted_lr_ceiling": min(finite_ceilings) if finite_ceilings else None,
+        by_bs[str(bs)] = CurvatureCell(
+            predicted_lr_ceiling=min(finite_ceilings) if finite_ceilings else None,
             # The sharpest seed: the one that sets the (lowest) predicted ceiling.
-            "init_sharpness": _largest([_finite(e.get("sharpness")) for e in entries]),
-            "init_preconditioned_sharpness": _largest([_finite(e.get("preconditioned"))
-                                                       for e in entries]),
-            "observed_max_stable_lr": stable.get(bs),
-            "observed_min_diverged_lr": min(diverged) if diverged else None,
-            "max_eos_ratio": significant(max(finite_ratios)) if finite_ratios else None,
-        }
+            init_sharpness=_largest([_finite(e.get("sharpness")) for e in entries]),
+            init_preconditioned_sharpness=_largest([_finite(e.get("preconditioned"))
+                                                    for e in entries]),
+            observed_max_stable_lr=stable.get(bs),
+            observed_min_diverged_lr=min(diverged) if diverged else None,
+            max_eos_ratio=max(finite_ratios) if finite_ratios else None)
     noise = [s.get("noise_scale") or {} for s in seeds.values()]
     b_simple = _median([_finite(n.get("b_simple")) for n in noise])
     first: dict[str, Any] = next(iter(seeds.values()), {})
-    summary = {
-        "rule": first.get("rule"), "limit": first.get("limit"),
-        "full_batch": first.get("full_batch"), "probe_batch": first.get("probe_batch"),
-        "init_sharpness": _median([_finite(s.get("sharpness")) for s in seeds.values()]),
-        "b_simple": b_simple, "critical_batch_size_hint": b_simple,
-        "noise_scale": {str(seed): s.get("noise_scale") for seed, s in seeds.items()},
-        "lipschitz_init": _median([_finite(s.get("lipschitz")) for s in seeds.values()]),
-        "by_batch_size": by_bs,
-    }
     findings: list[Finding] = []
     target = ctx.target_lr
     if target is not None:
         for size, entry in by_bs.items():
-            ceiling = entry["predicted_lr_ceiling"]
+            ceiling = entry.predicted_lr_ceiling
             if ceiling is not None and target > ceiling:
                 findings.append(make(
                     "SC702", f"target_lr {target:g} is above the LR ceiling {ceiling:.4g} "
                     f"predicted from init sharpness at batch size {size} "
                     f"({target / ceiling:.2f}x)",
-                    value=significant(target), threshold=significant(ceiling)))
+                    value=target, threshold=ceiling))
+    hints: list[Hint] = []
     if b_simple is not None:
         pair = next((n for n in noise if n.get("b_small")), {})
         below = [bs for bs in sizes if bs < b_simple]
@@ -248,8 +240,16 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
             where.append(f"{', '.join(map(str, above))} above it (diminishing returns per "
                          "example)")
         # A hint that every audit gets: shown once in the summary, never as a finding.
-        summary["hints"] = [{
-            "code": "SC703", "text": f"gradient noise scale B_simple ≈ {b_simple:.4g} at init "
+        hints.append(Hint(
+            code="SC703", text=f"gradient noise scale B_simple ≈ {b_simple:.4g} at init "
             f"(from batch sizes {pair.get('b_small')} and {pair.get('b_big')})"
-            + (f": {'; '.join(where)}" if where else "")}]
+            + (f": {'; '.join(where)}" if where else "")))
+    summary = CurvatureSummary(
+        rule=first.get("rule"), limit=first.get("limit"), full_batch=first.get("full_batch"),
+        probe_batch=first.get("probe_batch"),
+        init_sharpness=_median([_finite(s.get("sharpness")) for s in seeds.values()]),
+        b_simple=b_simple, critical_batch_size_hint=b_simple,
+        noise_scale={str(seed): s.get("noise_scale") for seed, s in seeds.items()},
+        lipschitz_init=_median([_finite(s.get("lipschitz")) for s in seeds.values()]),
+        by_batch_size=by_bs, hints=tuple(hints))
     return {"curvature": summary}, findings

@@ -158,7 +158,8 @@ def failed_probes(records: list[ProbeRecord], findings: dict[int, list[Finding]]
         findings[record.index] = [f for f in findings[record.index] if f.code != "SC203"]
         findings[record.index].append(make(
             "SC103", f"loss went from {start_loss(loss):.4g} to {end_loss(loss):.4g} "
-                     f"({own:.0%} progress) while lr={other.lr:g} seed={other.seed} made "
-                     f"{done:.0%} ({record.label})",
+                     f"({f'{own:.0%} progress' if own >= 0 else f'{-own:.0%} worse'}) while "
+                     f"lr={other.lr:g} seed={other.seed} made {done:.0%} progress "
+                     f"({record.label})",
             probes=[record.index], steps=[record.steps_run - 1], value=own,
             threshold=th.progress_fraction))

@@ -24,6 +24,7 @@ register(CodeInfo(
     source="stabcheck design: a probe never takes the audit down with it.",
     recommendation="Open the frame named in the finding and fix the exception; re-run with "
                    "--resume to keep the probes that finished.",
+    junit="crash",
 ))
 
 register(CodeInfo(
@@ -37,7 +38,7 @@ register(CodeInfo(
     source="stabcheck design: a hung probe must never hang a CI job.",
     recommendation="Raise probe.timeout_s if the probe is just slow; otherwise find the hang "
                    "at the learning rate named in the finding.",
-    config_key="probe.timeout_s",
+    config_key="probe.timeout_s", junit="crash",
 ))
 
 register(CodeInfo(
@@ -49,7 +50,7 @@ register(CodeInfo(
     source="stabcheck design.",
     recommendation="Drop the batch sizes that do not fit from sweep.batch_sizes, use "
                    "probe.dtype: bfloat16, or audit on a larger device.",
-    config_key="sweep.batch_sizes",
+    config_key="sweep.batch_sizes", junit="crash",
 ))
 
 _CODES = {"error": "SC801", "timeout": "SC802", "oom": "SC803"}
@@ -78,4 +79,4 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     findings = [make("SC803", f"batch size {bs} ran out of memory in {len(rs)} probe(s)",
                      probes=[r.index for r in rs], value=float(bs))
                 for bs, rs in sorted(by_bs.items())]
-    return {"oom_batch_sizes": sorted(by_bs)}, findings
+    return {"oom_batch_sizes": tuple(sorted(by_bs))}, findings

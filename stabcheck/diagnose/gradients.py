@@ -64,7 +64,7 @@ register(CodeInfo(
                    "the data for outliers at the spiking steps.",
     thresholds=("spike_sigma", "spike_window", "spike_min_history", "spike_min_range_fraction",
                 "grad_spike_response_steps", "grad_spike_fraction", "adaptive_early_steps"),
-    config_key="probe.grad_clip", plots=("grad_norm",),
+    config_key="probe.grad_clip", plots=("grad_norm",), suggests_warmup=True,
 ))
 
 register(CodeInfo(
@@ -152,6 +152,7 @@ def grad_spike_finding(record: ProbeRecord, ctx: Context, spikes: list[Spike],
     or the spikes repeat; information otherwise (a heavy-tailed gradient norm)."""
     th = ctx.thresholds
     worst = max(spikes, key=lambda s: s.zscore)
+    value, threshold = worst.evidence(th.spike_sigma)
     steps = [s.step for s in spikes]
     shown = ", ".join(map(str, steps[:8])) + (" …" if len(steps) > 8 else "")
     peak = float(np.nanmax(grad[steps]))
@@ -164,10 +165,10 @@ def grad_spike_finding(record: ProbeRecord, ctx: Context, spikes: list[Spike],
            else "; the loss did not respond")
     return make(
         "SC302", f"{len(spikes)} gradient-norm spike(s) at step {shown} (peak {peak:.3g}, "
-                 f"worst {worst.zscore:.0f} sigma, {len(spikes) / max(record.steps_run, 1):.1%}"
+                 f"worst {worst.describe()}, {len(spikes) / max(record.steps_run, 1):.1%}"
                  f" of steps{why}) ({record.label})",
         severity=None if warn else Severity.INFO,
-        probes=[record.index], steps=steps, value=worst.zscore, threshold=th.spike_sigma)
+        probes=[record.index], steps=steps, value=value, threshold=threshold)
 
 
 def zero_gradient_layers(record: ProbeRecord, ctx: Context) -> list[Finding]:
@@ -227,14 +228,14 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     it: vanishing is a property of the model, not of one probe) and the flow summary."""
     th = ctx.thresholds
     hits: dict[int, tuple[float, list[str]]] = {}
-    flow_at_init: dict[str, Any] = {}
+    flow_at_init: dict[str, float] = {}
     for seed, report in sorted(ctx.init.items()):
         layers = dense_layers(report.get("layers", []))
         per_layer = {layer["name"]: rms(layer.get("grad_norm"), int(layer["size"]))
                      for layer in layers}
         values = [v for v in per_layer.values() if np.isfinite(v)]
         if len(values) >= 2 and values[-1] > 0:
-            flow_at_init[str(seed)] = float(f"{values[0] / values[-1]:.4g}")
+            flow_at_init[str(seed)] = values[0] / values[-1]
         verdict = vanishing(per_layer, th.vanishing_ratio)
         if verdict is not None:
             hits[seed] = verdict

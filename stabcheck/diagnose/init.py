@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stabcheck.diagnose.context import Context
 from stabcheck.diagnose.layers import dense_layers
+from stabcheck.diagnose.results import InitSummary
 from stabcheck.findings import CodeInfo, Finding, Severity, make, register
 
 if TYPE_CHECKING:
@@ -117,10 +118,6 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     classes, loss_name = first.get("num_classes"), first.get("loss")
     expected = math.log(classes) if loss_name == "cross_entropy" and classes and classes > 1 \
         else None
-    summary: dict[str, Any] = {"init": {
-        "initial_loss": {str(s): v for s, v in losses.items()},
-        "expected_initial_loss": float(f"{expected:.6g}") if expected else None,
-    }}
     if expected is not None:
         high = {s: v for s, v in losses.items()
                 if v is not None and v > (1 + th.init_loss_tolerance) * expected}
@@ -178,9 +175,10 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
             "SC605", f"weights of {name}{more} have excess kurtosis {worst:.1f} at init "
                      f"({_seeds(seeds)})",
             steps=[0], value=worst, threshold=th.weight_kurtosis))
-    summary["init"]["output_rms"] = {
-        str(s): {x["name"]: x.get("output_rms") for x in r.get("layers", [])
-                 if x.get("output_rms") is not None}
-        for s, r in reports.items()}
-
-    return summary, findings
+    summary = InitSummary(
+        initial_loss={str(s): v for s, v in losses.items()},
+        expected_initial_loss=expected or None,
+        output_rms={str(s): {x["name"]: x.get("output_rms") for x in r.get("layers", [])
+                             if x.get("output_rms") is not None}
+                    for s, r in reports.items()})
+    return {"init": summary}, findings

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from stabcheck.diagnose.results import LayerSummary
+
 # Layers whose gradient scale says nothing about flow through depth: an embedding only gets
 # gradient on the rows a batch uses, and normalisation gains are a handful of scalars.
 NOT_DENSE = ("Embedding", "EmbeddingBag", "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm1d",
@@ -40,3 +42,15 @@ def training_rms(layer_names: list[str], matrix: np.ndarray, sizes: dict[str, in
             if column.size:
                 out[name] = float(np.median(column)) / math.sqrt(sizes[name])
     return out
+
+
+def layer_summary(names: list[str], matrix: np.ndarray) -> LayerSummary:
+    """Per layer (a column of ``matrix``, steps x layers), the min, median and max finite
+    gradient norm over the steps."""
+    out: dict[str, list[float | None]] = {"min": [], "median": [], "max": []}
+    for j in range(len(names)):
+        column = matrix[:, j] if matrix.shape[0] and j < matrix.shape[1] else np.array([])
+        finite = column[np.isfinite(column)]
+        for key, fn in (("min", np.min), ("median", np.median), ("max", np.max)):
+            out[key].append(float(fn(finite)) if finite.size else None)
+    return LayerSummary(names=tuple(names), grad_norm={k: tuple(v) for k, v in out.items()})

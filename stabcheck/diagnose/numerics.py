@@ -174,7 +174,7 @@ register(CodeInfo(
            "first update on, after step 0's loss and gradients were computed.",
     recommendation="Check the data for NaN/Inf (stabcheck validate does), then the loss "
                    "function and the module named; lowering the learning rate will not help.",
-    config_key="data",
+    config_key="data", lr_fixable=False,
 ))
 
 register(CodeInfo(
@@ -188,11 +188,8 @@ register(CodeInfo(
     source="stabcheck design: advice must fit the cause.",
     recommendation="Check the loss function and the targets (loss:, data.target_key); this "
                    "is not a learning-rate problem.",
-    config_key="loss",
+    config_key="loss", lr_fixable=False,
 ))
-
-NOT_LR = ("SC104", "SC105")
-
 
 def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
     """SC104 / SC105: failures the learning rate cannot explain, named once for the grid;

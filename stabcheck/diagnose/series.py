@@ -13,6 +13,24 @@ from dataclasses import dataclass
 import numpy as np
 
 TREND_STEPS = 8
+# The spread a spike's z-score is measured against never falls below this fraction of the range
+# the series has covered so far; a spread under it or under RELATIVE_SPREAD_FLOOR of the
+# previous value is a flat stretch, whose spikes report their jump, never a z-score. On a
+# flat stretch (a loss trained to exactly 0, stuck at a constant, flat after a blow-up) the
+# robust spread is ~0 and ``rise / spread`` measures the flatness, not the jump ("12978462
+# sigma"). Source, stabcheck's calibration corpus (calibration/README.md): on its real probes
+# the spread of one step's change is a median 7.6% (loss) and 14% (gradient norm) of the
+# range so far and 23% / 49% of the value; the 5% of steps under 1% of the range are flat
+# stretches after a drop or a blow-up, and only 0.03% / 0.01% of steps are under 1e-4 of the
+# value. The relative floor only names a stretch flat (it would make detection depend on an
+# offset of the series); with the default thresholds the range floor decides no spike either:
+# 6 floors are 6% of the range, under the 10% (spike_min_range_fraction) every spike must
+# rise anyway.
+SPREAD_FLOOR_FRACTION = 0.01
+RELATIVE_SPREAD_FLOOR = 1e-4
+# A jump to more than 100x its pre-spike value is a jump from (nearly) zero: reported by its
+# values, with no relative size.
+MAX_RELATIVE_JUMP = 100.0
 
 
 def trailing_noise(x: np.ndarray, window: int, min_history: int
@@ -43,12 +61,38 @@ def trailing_noise(x: np.ndarray, window: int, min_history: int
 
 @dataclass(frozen=True)
 class Spike:
-    """One spike event: the step it starts at, its z-score and the pre-spike mean."""
+    """One spike event: the step it starts at, its z-score, the pre-spike value and the
+    spike's; whether it rose off a flat stretch (a spread under the floors of
+    :func:`find_spikes`, where the z-score measures the flatness, not the jump)."""
 
     step: int
     zscore: float
     baseline: float
     recovered_at: int | None
+    flat: bool = False
+    peak: float = math.nan
+
+    @property
+    def jump(self) -> float | None:
+        """The rise relative to the pre-spike value; None from (nearly) zero, where a relative
+        size means nothing (a gradient norm of 1e-38 jumping to 250 is not "+2e40%")."""
+        if not self.baseline:
+            return None
+        jump = (self.peak - self.baseline) / abs(self.baseline)
+        return jump if abs(jump) < MAX_RELATIVE_JUMP else None
+
+    def describe(self) -> str:
+        """``41 sigma``; off a flat stretch the jump itself: ``jump from 2.3 to 2.8 (+22%)``."""
+        if not self.flat:
+            return f"{self.zscore:.0f} sigma"
+        jump = self.jump
+        rel = f" ({jump:+.0%})" if jump is not None else ""
+        return f"jump from {self.baseline:.4g} to {self.peak:.4g}{rel} off a flat stretch"
+
+    def evidence(self, sigma: float) -> tuple[float | None, float | None]:
+        """(value, threshold) for a finding: the z-score against ``sigma``; off a flat stretch
+        the relative jump and no threshold (a z-score there is no measurement)."""
+        return (self.jump, None) if self.flat else (self.zscore, sigma)
 
 
 def find_spikes(x: np.ndarray, sigma: float, window: int, min_history: int,
@@ -60,9 +104,10 @@ def find_spikes(x: np.ndarray, sigma: float, window: int, min_history: int,
     "6 sigma over the previous 128 steps", with sigma measured from step-to-step changes so
     that the steep, steady decrease of a short probe neither hides a spike nor fakes one. A
     spike must also rise by at least ``min_range_fraction`` of the range ``x`` has covered
-    so far, so noise on a converged, near-zero loss does not count. Consecutive spike steps
-    form one event, reported at its first step; an event is *recovered* when ``x`` falls back
-    to within a quarter of the jump above the pre-spike value within ``recovery_steps``.
+    so far, so noise on a converged, near-zero loss does not count; the spread is floored at
+    :data:`SPREAD_FLOOR_FRACTION` of that range. Consecutive spike steps form one event,
+    reported at its first step; an event is *recovered* when ``x`` falls back to within a
+    quarter of the jump above the pre-spike value within ``recovery_steps``.
     """
     trend, noise = trailing_noise(x, window, min_history)
     finite = np.isfinite(x)
@@ -72,8 +117,9 @@ def find_spikes(x: np.ndarray, sigma: float, window: int, min_history: int,
     previous = -2
     for t in range(1, x.size):
         span = running_max[t - 1] - running_min[t - 1]
-        # A noise-free stretch (MAD 0) still has a scale: a millionth of the range so far.
-        spread = max(noise[t], 1e-6 * span) if np.isfinite(noise[t]) else 0.0
+        # A flat stretch (MAD ~0) still has a scale: a fraction of the range so far.
+        floor = SPREAD_FLOOR_FRACTION * span
+        spread = max(noise[t], floor) if np.isfinite(noise[t]) else 0.0
         if not (finite[t] and finite[t - 1] and spread > 0):
             continue
         expected = x[t - 1] + trend[t]
@@ -83,7 +129,10 @@ def find_spikes(x: np.ndarray, sigma: float, window: int, min_history: int,
                 later = x[t + 1: t + 1 + recovery_steps]
                 back = np.nonzero(np.isfinite(later) & (later <= x[t - 1] + 0.25 * rise))[0]
                 spikes.append(Spike(t, float(rise / spread), float(x[t - 1]),
-                                    int(t + 1 + back[0]) if back.size else None))
+                                    int(t + 1 + back[0]) if back.size else None,
+                                    flat=bool(noise[t] < max(
+                                        floor, RELATIVE_SPREAD_FLOOR * abs(x[t - 1]))),
+                                    peak=float(x[t])))
             previous = t
     return spikes
 

@@ -14,7 +14,11 @@ _SOURCE = ("OLMo-core's StabilityMonitorCallback: a value more than 6 standard d
            "above the previous 128 steps is a spike (Team OLMo, 'OLMo 2 Furious', 2024, studies "
            "loss and gradient-norm spikes as the main symptom of instability). stabcheck "
            "measures the deviation from the local trend, with a robust (MAD) spread of the "
-           "step-to-step changes, because a short probe's loss falls steeply.")
+           "step-to-step changes, because a short probe's loss falls steeply. Off a flat "
+           "stretch (a loss at exactly 0 or stuck at a constant) the spread is ~0 and a "
+           "z-score measures the flatness: the spread is floored at 1% of the range covered "
+           "so far and such a spike is reported as its jump (calibration corpus, "
+           "stabcheck.diagnose.series).")
 
 register(CodeInfo(
     code="SC201", name="loss-spike", title="Loss spikes",
@@ -34,7 +38,7 @@ register(CodeInfo(
                    "gradients at the recommended threshold.",
     thresholds=("spike_sigma", "spike_window", "spike_min_history", "spike_min_range_fraction",
                 "spike_noise_steps", "spike_recovery_steps"),
-    config_key="sweep.learning_rates", plots=("loss",),
+    config_key="sweep.learning_rates", plots=("loss",), suggests_warmup=True,
 ))
 
 register(CodeInfo(
@@ -50,6 +54,7 @@ register(CodeInfo(
                    "gradients.",
     thresholds=("spike_sigma", "spike_window", "spike_recovery_steps"),
     config_key="sweep.learning_rates", status="diverged", plots=("loss",),
+    suggests_warmup=True,
 ))
 
 
@@ -69,6 +74,7 @@ register(CodeInfo(
     recommendation="Lower the learning rate, or add warmup if the blow-up is in the first "
                    "steps.",
     thresholds=("blowup_factor",), config_key="sweep.learning_rates", plots=("loss",),
+    suggests_warmup=True,
 ))
 
 
@@ -116,18 +122,19 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
     fatal = [s for s in spikes if s.recovered_at is None] if diverged else []
     if fatal:
         first = fatal[0]
+        value, threshold = first.evidence(th.spike_sigma)
         end = record.first_nonfinite_step if record.first_nonfinite_step is not None \
             else record.steps_run - 1
         findings.append(make(
-            "SC202", f"loss spiked at step {first.step} ({first.zscore:.0f} sigma) and the "
+            "SC202", f"loss spiked at step {first.step} ({first.describe()}) and the "
                      f"probe diverged by step {end} ({record.label})",
-            probes=[record.index], steps=[first.step], value=first.zscore,
-            threshold=ctx.thresholds.spike_sigma))
+            probes=[record.index], steps=[first.step], value=value, threshold=threshold))
     recovered = [s for s in spikes if s not in fatal]
     if recovered:
         steps = [s.step for s in recovered]
         rate = len(recovered) / max(record.steps_run, 1)
         worst = max(recovered, key=lambda s: s.zscore)
+        value, threshold = worst.evidence(th.spike_sigma)
         shown = ", ".join(str(s) for s in steps[:8]) + (" …" if len(steps) > 8 else "")
         lingering = sum(1 for s in recovered if s.recovered_at is None)
         late = (f", {lingering} not back within {th.spike_recovery_steps} steps"
@@ -138,8 +145,7 @@ def detect(record: ProbeRecord, ctx: Context) -> list[Finding]:
             late = f", each back within {th.spike_noise_steps} steps: mini-batch noise"
         findings.append(make(
             "SC201", f"{len(recovered)} loss spike(s) at step {shown} ({rate:.1%} of steps, "
-                     f"worst {worst.zscore:.0f} sigma{late}) ({record.label})",
+                     f"worst {worst.describe()}{late}) ({record.label})",
             severity=Severity.INFO if noise else None,
-            probes=[record.index], steps=steps, value=worst.zscore,
-            threshold=th.spike_sigma))
+            probes=[record.index], steps=steps, value=value, threshold=threshold))
     return findings

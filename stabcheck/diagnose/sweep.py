@@ -3,7 +3,9 @@
 * the max stable LR per batch size and the stability margin of the user's target LR;
 * LR sensitivity (Wortsman et al. 2023), seed sensitivity and fragile cells;
 * batch-size sensitivity: how the max stable LR scales with the batch size;
-* the recommendations section of the report.
+* the per-cell summaries the reports' grids show.
+
+Recommendations are :mod:`stabcheck.diagnose.advice`'s.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from stabcheck.diagnose.context import Context
 from stabcheck.diagnose.numerics import end_loss, start_loss
+from stabcheck.diagnose.results import CellSummary, FragileCell, LRSensitivity, StabilityMargin
 from stabcheck.findings import CodeInfo, Finding, Severity, make, register
 
 if TYPE_CHECKING:
@@ -84,9 +87,6 @@ register(CodeInfo(
     config_key="sweep.learning_rates",
 ))
 
-# Findings of earlier sweep analyses that name a cause the learning rate cannot fix.
-NOT_LR_CAUSES = ("SC104", "SC105")
-
 NO_STABLE_LR_ADVICE = ("Extend sweep.learning_rates downwards until some LR is stable, then set "
                        "target_lr below it by the margin.")
 
@@ -124,7 +124,19 @@ def _final(p: ProbeDiagnosis) -> float:
     return end_loss(p.record.series("loss")) if p.record.outcome == "completed" else math.nan
 
 
-def lr_sensitivity(probes: list[ProbeDiagnosis]) -> dict[int, dict[str, float]]:
+def cell_summaries(probes: list[ProbeDiagnosis]) -> tuple[CellSummary, ...]:
+    """Every cell of the grid: its seeds, their statuses, the median of their final losses."""
+    out = []
+    for (bs, lr), members in sorted(cells(probes).items()):
+        members = sorted(members, key=lambda m: m.record.seed)
+        finals = [m.stats.final_loss for m in members if m.stats.final_loss is not None]
+        out.append(CellSummary(batch_size=bs, lr=lr, seeds=tuple(m.record.seed for m in members),
+                               statuses=tuple(m.status for m in members),
+                               median_final_loss=float(np.median(finals)) if finals else None))
+    return tuple(out)
+
+
+def lr_sensitivity(probes: list[ProbeDiagnosis]) -> dict[int, LRSensitivity]:
     """Wortsman et al. (2023) LR sensitivity per batch size.
 
     ``E_eta[min(loss(eta), loss_0) - loss*]`` over the swept LRs, with ``loss(eta)`` the
@@ -132,7 +144,7 @@ def lr_sensitivity(probes: list[ProbeDiagnosis]) -> dict[int, dict[str, float]]:
     and ``loss* = min_eta loss(eta)``. ``normalised`` divides by ``loss_0 - loss*``: 0 when
     every LR reaches the best loss, 1 when only one does and the rest never leave init.
     """
-    out: dict[int, dict[str, float]] = {}
+    out: dict[int, LRSensitivity] = {}
     by_bs: dict[int, dict[float, list[ProbeDiagnosis]]] = defaultdict(lambda: defaultdict(list))
     for p in probes:
         if p.record.outcome in FINISHED:
@@ -150,9 +162,8 @@ def lr_sensitivity(probes: list[ProbeDiagnosis]) -> dict[int, dict[str, float]]:
         best = min(per_lr)
         value = float(np.mean([v - best for v in per_lr]))
         span = loss0 - best
-        out[bs] = {"lr_sensitivity": float(f"{value:.4g}"), "best_loss": float(f"{best:.4g}"),
-                   "initial_loss": float(f"{loss0:.4g}"),
-                   "normalised": float(f"{value / span:.4g}") if span > 0 else math.nan}
+        out[bs] = LRSensitivity(lr_sensitivity=value, best_loss=best, initial_loss=loss0,
+                                normalised=value / span if span > 0 else None)
     return out
 
 
@@ -180,7 +191,7 @@ def batch_size_exponent(stable: dict[int, float | None], found: dict[int, bool]
         return None
     x, y = np.array(points).T
     slope = float(np.polyfit(x, y, 1)[0])
-    return float(f"{slope:.3g}") if abs(slope) > 1e-9 else 0.0
+    return slope if abs(slope) > 1e-9 else 0.0
 
 
 def seed_spread_of(members: list[ProbeDiagnosis], finals: list[float]) -> float | None:
@@ -200,7 +211,7 @@ def seed_spread_of(members: list[ProbeDiagnosis], finals: list[float]) -> float 
     return (max(finals) - min(finals)) / decrease
 
 
-def _margin(ctx: Context, stable: dict[int, float | None]) -> dict[str, Any] | None:
+def _margin(ctx: Context, stable: dict[int, float | None]) -> StabilityMargin | None:
     target = ctx.target_lr
     if target is None or not stable:
         return None
@@ -212,9 +223,9 @@ def _margin(ctx: Context, stable: dict[int, float | None]) -> dict[str, Any] | N
         judged = sizes
     margins = {b: (stable[b] or 0.0) / target for b in judged}
     worst = min(judged, key=lambda b: margins[b])
-    return {"target_lr": target, "batch_size": worst, "max_stable_lr": stable[worst],
-            "margin": float(f"{margins[worst]:.4g}"),
-            "by_batch_size": {str(b): float(f"{m:.4g}") for b, m in margins.items()}}
+    return StabilityMargin(target_lr=target, batch_size=worst, max_stable_lr=stable[worst],
+                           margin=margins[worst],
+                           by_batch_size={str(b): m for b, m in margins.items()})
 
 
 def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any], list[Finding]]:
@@ -224,14 +235,14 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
     stable = max_stable_lr(probes)
     findings: list[Finding] = []
     seed_spread: dict[str, float] = {}
-    fragile: list[dict[str, Any]] = []
+    fragile: list[FragileCell] = []
     for (bs, lr), members in sorted(cells(probes).items()):
         finished = [m for m in members if m.record.outcome in FINISHED]
         diverged = [m for m in finished if m.status == "diverged"]
         if diverged and len(diverged) < len(finished):
-            fragile.append({"batch_size": bs, "lr": lr,
-                            "diverged_seeds": sorted(m.record.seed for m in diverged),
-                            "seeds": sorted(m.record.seed for m in finished)})
+            fragile.append(FragileCell(
+                batch_size=bs, lr=lr, diverged_seeds=tuple(sorted(m.record.seed for m in diverged)),
+                seeds=tuple(sorted(m.record.seed for m in finished))))
             findings.append(make(
                 "SC502", f"at lr={lr:g} bs={bs}, {len(diverged)} of {len(finished)} seeds "
                          f"diverged (seeds {', '.join(str(m.record.seed) for m in diverged)})",
@@ -242,7 +253,7 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
         if len(healthy) >= 2 and len(healthy) == len(members):
             spread = seed_spread_of(members, healthy)
             if spread is not None:
-                seed_spread[f"{bs}/{lr:g}"] = float(f"{spread:.4g}")
+                seed_spread[f"{bs}/{lr:g}"] = spread
                 if spread > th.seed_spread:
                     findings.append(make(
                         "SC503", f"final loss ranges {min(healthy):.3g}-{max(healthy):.3g} "
@@ -260,20 +271,21 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
                 probes=[p.record.index for p in probes if p.record.batch_size == bs],
                 value=float(bs)))
     margin = _margin(ctx, stable)
-    if margin is not None and margin["margin"] < th.stability_margin:
-        bs, best = margin["batch_size"], margin["max_stable_lr"]
+    if margin is not None and margin.margin is not None and margin.margin < th.stability_margin:
+        bs, best = margin.batch_size, margin.max_stable_lr
         edge = (f"the max stable LR at bs={bs} is {best:g}" if best
                 else f"no LR is stable at bs={bs}")
         findings.append(make(
-            "SC501", f"target_lr={margin['target_lr']:g} has a stability margin of "
-                     f"{margin['margin']:.2f}x ({edge}; required {th.stability_margin:g}x)",
-            value=margin["margin"], threshold=th.stability_margin,
+            "SC501", f"target_lr={margin.target_lr:g} has a stability margin of "
+                     f"{margin.margin:.2f}x ({edge}; required {th.stability_margin:g}x)",
+            value=margin.margin, threshold=th.stability_margin,
             recommendation=(f"Lower target_lr to at most {best / th.stability_margin:.3g} "
                             f"(max stable LR / {th.stability_margin:g}), or make the setup "
                             "more stable and audit again." if best else
                             NO_STABLE_LR_ADVICE)))
     sensitivity = lr_sensitivity(probes)
     found = boundary_found(probes, stable)
+    # The fields of the sweep's part of :class:`~stabcheck.diagnose.results.SweepSummary`.
     summary: dict[str, Any] = {
         "probes": len(probes),
         "by_status": {s: counts.get(s, 0) for s in
@@ -286,65 +298,9 @@ def analyse(probes: list[ProbeDiagnosis], ctx: Context) -> tuple[dict[str, Any],
         "lr_sensitivity": {str(bs): v for bs, v in sensitivity.items()},
         "seed_spread": seed_spread,
         "max_seed_spread": max(seed_spread.values()) if seed_spread else None,
-        "fragile_cells": fragile,
+        "fragile_cells": tuple(fragile),
         "boundary_found": {str(bs): v for bs, v in found.items()},
         "batch_size_exponent": batch_size_exponent(stable, found),
+        "cells": cell_summaries(probes),
     }
     return summary, findings
-
-
-def attribute_causes(findings: list[Finding]) -> None:
-    """When a finding names a cause the learning rate cannot fix (bad data, loss function),
-    SC504 says so instead of advising lower learning rates."""
-    causes = sorted({f.code for f in findings if f.code in NOT_LR_CAUSES})
-    if not causes:
-        return
-    for f in findings:
-        if f.code == "SC504":
-            f.message += f"; the cause is {', '.join(causes)}, not the learning rate"
-            f.recommendation = (f"Fix what {', '.join(causes)} names first: a lower learning "
-                                "rate will not help.")
-
-
-def recommendations(summary: dict[str, Any], findings: list[Finding],
-                    probes: list[ProbeDiagnosis], ctx: Context) -> list[dict[str, Any]]:
-    """What to set for the real run, from the whole diagnosis: LR, clip threshold, warmup.
-    None while a finding names a cause the learning rate cannot fix (SC104, SC105)."""
-    out: list[dict[str, Any]] = []
-    if any(f.code in NOT_LR_CAUSES for f in findings):
-        return out
-    margin = ctx.thresholds.stability_margin
-    found = summary.get("boundary_found") or {}
-    diverging = summary.get("min_diverging_lr") or {}
-    for bs, lr in (summary.get("max_stable_lr") or {}).items():
-        if lr:
-            edge = (f"max stable LR {lr:g} (the largest LR healthy on every seed)"
-                    if found.get(bs) else
-                    f"max stable LR >= {lr:g} (the largest swept; sweep higher to find the "
-                    "boundary)")
-            first_bad = diverging.get(bs)
-            if first_bad is not None:
-                edge += f", smallest diverging LR {first_bad:g}"
-            out.append({"what": "learning_rate", "batch_size": int(bs), "value": lr / margin,
-                        "text": f"bs={bs}: {edge}; train at lr <= {lr / margin:.3g} for a "
-                                f"{margin:g}x margin below the max stable LR"})
-    clipping = summary.get("clipping") or {}
-    if clipping.get("recommended_clip") is not None:
-        value = clipping["recommended_clip"]
-        out.append({"what": "grad_clip", "value": value,
-                    "text": f"grad_clip: {value:.3g} (the {clipping['percentile']:g}th "
-                            "percentile of pre-clip gradient norms in healthy probes)"})
-    steps = int((ctx.config.get("probe") or {}).get("steps") or 0)
-    early_limit = max(10, steps // 10)
-    early = sorted({s for f in findings if f.code in ("SC201", "SC202", "SC205", "SC302")
-                    and f.severity.rank >= Severity.WARNING.rank
-                    for s in f.steps if s < early_limit})
-    warmup = int((ctx.config.get("probe") or {}).get("warmup_steps") or 0)
-    if early:
-        suggested = max(10, 2 * early[-1])
-        out.append({"what": "warmup_steps", "value": suggested,
-                    "text": f"warmup: spikes in the first {early_limit} steps (step "
-                            f"{', '.join(map(str, early[:6]))}) suggest a linear warmup of at "
-                            f"least {suggested} steps (probe.warmup_steps is {warmup})"})
-    del probes
-    return out

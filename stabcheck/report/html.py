@@ -65,7 +65,7 @@ def _seed_colours(result: AuditResult) -> dict[int, str]:
 def _header(result: AuditResult, has_curvature: bool) -> str:
     v = result.verdict
     label = v.verdict.upper().replace("_", " ")
-    counts = result.diagnosis.summary.get("by_status") or {}
+    counts = result.diagnosis.summary.by_status
     count_html = "".join(
         f'<span><span class="sym s-{_e(s)}">{_e(SYMBOLS.get(s, ("?", ""))[0])}</span> '
         f"{n} {_e(s)}</span>" for s, n in counts.items() if n)
@@ -108,7 +108,7 @@ def _grid(result: AuditResult) -> str:
             for m in members:
                 symbol, _ = SYMBOLS.get(m.status, ("?", ""))
                 tip = f"{m.record.label}: {m.status}"
-                final = m.stats.get("final_loss")
+                final = m.stats.final_loss
                 if final is not None:
                     tip += f", final loss {final:.4g}"
                 strips.append((STATUS_FILL.get(m.status, "#888"), symbol, tip))
@@ -167,8 +167,9 @@ def _curves(result: AuditResult) -> str:
     clip = plotdata.grad_clip(result)
     parts = ['<section id="curves"><h2>Loss and gradient norms per cell</h2>',
              '<p class="muted">All seeds overlaid, log scale. Rings mark the loss spikes and '
-             "gradient-norm spikes named by findings SC201/SC202/SC302; × marks the step where "
-             "a probe went non-finite"
+             "gradient-norm spikes named by findings "
+             + "/".join(plotdata.MARK_CODES["loss"] + plotdata.MARK_CODES["grad_norm"])
+             + "; × marks the step where a probe went non-finite"
              + (f"; the dashed red line is grad_clip = {clip:g}" if clip is not None else "")
              + ". Long traces are thinned for display (spikes and the last finite point are "
              "kept).</p>"]
@@ -213,7 +214,8 @@ def _sharpness(result: AuditResult) -> str:
     return ('<section id="sharpness"><h2>Sharpness against 2/η</h2>'
             '<p class="muted">Top Hessian eigenvalue where the probe measured it. Plain gradient '
             "descent is stable while sharpness stays below 2/η (Cohen et al. 2021); rings mark "
-            "measurements past the optimizer's limit (SC701).</p>"
+            "measurements past the optimizer's limit ("
+            + "/".join(plotdata.MARK_CODES["sharpness"]) + ").</p>"
             f'<div class="cells">{"".join(cards)}</div></section>')
 
 
@@ -223,53 +225,51 @@ def _matches(limits: list[float], value: float) -> bool:
 
 
 def _summary(result: AuditResult) -> str:
-    s: dict[str, Any] = result.diagnosis.summary
-    msl = s.get("max_stable_lr") or {}
-    found = s.get("boundary_found") or {}
-    sens = s.get("lr_sensitivity") or {}
-    margin = s.get("stability_margin") or {}
-    by_bs_margin = margin.get("by_batch_size") or {}
-    advice = {str(r.get("batch_size")): r.get("value") for r in s.get("recommendations") or []
-              if r.get("what") == "learning_rate"}
+    s = result.diagnosis.summary
+    msl = s.max_stable_lr
+    found = s.boundary_found
+    sens = s.lr_sensitivity
+    margin = s.stability_margin
+    by_bs_margin = margin.by_batch_size if margin else {}
+    advice = {str(r.batch_size): r.value for r in s.recommendations
+              if r.what == "learning_rate"}
     rows = []
     for bs in sorted(msl, key=lambda b: int(b)):
         lr = msl[bs]
         boundary = found.get(bs)
         edge = "–" if lr is None else (f"{lr:g}" if boundary else f"≥ {lr:g}")
-        sv = sens.get(bs) or {}
+        sv = sens.get(bs)
         rows.append(
             f"<tr><td class=\"num\">{_e(bs)}</td><td class=\"num\">{_e(edge)}</td>"
             f"<td class=\"num\">{_e(_g(advice.get(bs), '.3g'))}</td>"
-            f"<td class=\"num\">{_e(_g(sv.get('lr_sensitivity'), '.3g'))}</td>"
-            f"<td class=\"num\">{_e(_g(sv.get('normalised'), '.0%'))}</td>"
+            f"<td class=\"num\">{_e(_g(sv.lr_sensitivity if sv else None, '.3g'))}</td>"
+            f"<td class=\"num\">{_e(_g(sv.normalised if sv else None, '.0%'))}</td>"
             f"<td class=\"num\">{_e(_g(by_bs_margin.get(bs), '.2f'))}</td></tr>")
     table = ("<table><tr><th>batch size</th><th>max stable LR</th><th>recommended LR</th>"
              "<th>LR sensitivity</th><th>of init-to-best gap</th><th>margin to target_lr</th>"
              f"</tr>{''.join(rows)}</table>") if rows else ""
-    recs = [f"<li>{_e(r['text'])}</li>" for r in s.get("recommendations") or [] if "text" in r]
-    missing = [bs for bs, lr in msl.items() if lr is None]
+    recs = [f"<li>{_e(r.text)}</li>" for r in s.recommendations]
+    missing = s.no_stable_lr
     if missing:
         recs.append(f"<li>no stable LR in the grid at bs={_e(', '.join(missing))}: sweep lower "
                     "learning rates</li>")
     facts = []
-    if margin:
-        facts.append(f"stability margin {margin['margin']:.2f}x at bs={margin['batch_size']} "
-                     f"(target_lr {margin['target_lr']:g})")
-    if s.get("max_seed_spread") is not None:
-        facts.append(f"largest seed spread of final loss: {s['max_seed_spread']:.0%} of the "
+    if margin and margin.margin is not None:
+        facts.append(f"stability margin {margin.margin:.2f}x at bs={margin.batch_size} "
+                     f"(target_lr {margin.target_lr:g})")
+    if s.max_seed_spread is not None:
+        facts.append(f"largest seed spread of final loss: {s.max_seed_spread:.0%} of the "
                      "decrease")
-    fragile = s.get("fragile_cells") or []
-    if fragile:
+    if s.fragile_cells:
         facts.append("cells where only some seeds diverged: " + ", ".join(
-            f"lr={c['lr']:g} bs={c['batch_size']}" for c in fragile))
-    if s.get("batch_size_exponent") is not None:
-        facts.append(f"max stable LR ∝ bs^{s['batch_size_exponent']:.2g} (1 = linear scaling "
+            f"lr={c.lr:g} bs={c.batch_size}" for c in s.fragile_cells))
+    if s.batch_size_exponent is not None:
+        facts.append(f"max stable LR ∝ bs^{s.batch_size_exponent:.2g} (1 = linear scaling "
                      "rule, 0.5 = square-root rule)")
-    clipping = s.get("clipping") or {}
-    if clipping.get("max_clip_fraction") is not None:
+    if s.clipping is not None and s.clipping.max_clip_fraction is not None:
         facts.append(f"largest fraction of clipped steps in a probe: "
-                     f"{clipping['max_clip_fraction']:.0%}")
-    raw = json.dumps(s, indent=2, sort_keys=True, default=str, allow_nan=True)
+                     f"{s.clipping.max_clip_fraction:.0%}")
+    raw = json.dumps(s.to_json(), indent=2, sort_keys=True, default=str, allow_nan=True)
     return ('<section id="summary"><h2>Sweep summary</h2><div class="panel">'
             + table
             + "<h3>Recommendations</h3>"
@@ -365,10 +365,10 @@ def _probes(result: AuditResult) -> str:
             f'<td class="num">{r.seed}</td><td class="num">{r.batch_size}</td>'
             f'<td><span class="sym s-{_e(p.status)}">{_e(symbol)}</span> {_e(p.status)}</td>'
             f'<td class="num">{r.steps_run}/{r.steps_planned}</td>'
-            f'<td class="num">{_e(_g(st.get("initial_loss")))}</td>'
-            f'<td class="num">{_e(_g(st.get("final_loss")))}</td>'
-            f'<td class="num">{_e(_g(st.get("max_grad_norm")))}</td>'
-            f'<td class="num">{_e(_g(st.get("clip_fraction"), ".0%"))}</td>'
+            f'<td class="num">{_e(_g(st.initial_loss))}</td>'
+            f'<td class="num">{_e(_g(st.final_loss))}</td>'
+            f'<td class="num">{_e(_g(st.max_grad_norm))}</td>'
+            f'<td class="num">{_e(_g(st.clip_fraction, ".0%"))}</td>'
             f"<td>{_e(where)}</td><td>{codes}</td></tr>")
     return ('<section id="probes"><h2>Probes</h2><details open><summary>'
             f"{len(rows)} probe(s)</summary><table><tr><th>#</th><th>lr</th><th>seed</th>"

@@ -12,13 +12,8 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-from stabcheck.records import ProbeRecord, significant
 
 if TYPE_CHECKING:
     from stabcheck.result import AuditResult
@@ -35,40 +30,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def layer_summary(record: ProbeRecord) -> dict[str, Any]:
-    """``{"names": [...], "grad_norm": {"min": [...], "median": [...], "max": [...]}}``."""
-    matrix = record.layer_matrix()
-    out: dict[str, list[float | None]] = {"min": [], "median": [], "max": []}
-    for j in range(len(record.layer_names)):
-        column = matrix[:, j] if matrix.shape[0] and j < matrix.shape[1] else np.array([])
-        finite = column[np.isfinite(column)]
-        for key, fn in (("min", np.min), ("median", np.median), ("max", np.max)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out[key].append(significant(float(fn(finite))) if finite.size else None)
-    return {"names": list(record.layer_names), "grad_norm": out}
-
-
-def _rounded_findings(data: dict[str, Any]) -> dict[str, Any]:
-    # A finding's value and threshold keep 6 significant digits (records.significant), like
-    # every other measured number in the report: last-digit noise between numpy builds must
-    # not change the file.
-    findings = data.get("findings")
-    for finding in findings or []:
-        for key in ("value", "threshold"):
-            if isinstance(finding.get(key), float):
-                finding[key] = significant(finding[key])
-    return data
-
-
 def render(result: AuditResult) -> str:
     """Pretty, key-sorted JSON with non-finite numbers as null."""
-    payload = _rounded_findings(result.to_json())
-    by_index = {p.record.index: p.record for p in result.diagnosis.probes}
+    payload = result.to_json()
+    by_index = {p.record.index: p for p in result.diagnosis.probes}
     for probe in payload["probes"]:
-        record = by_index.get(probe["index"])
-        if record is not None:
-            probe["layers"] = layer_summary(record)
+        diagnosed = by_index.get(probe["index"])
+        if diagnosed is not None:
+            probe["layers"] = diagnosed.layers.to_json()
     return json.dumps(_finite(payload), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 

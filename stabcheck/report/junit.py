@@ -72,13 +72,13 @@ def _probe_case(suite: ET.Element, classname: str, p: ProbeDiagnosis,
         errors += 1
     findings = p.findings + extra
     for f in findings:
-        crash = r.outcome in CRASHED and f.info.family == "execution"  # already an <error>
+        crash = r.outcome in CRASHED and f.info.junit == "crash"  # already an <error>
         if f.severity.value == "error" and not crash:
             _failure(case, f)
             failures += 1
     notes = [_text(f) for f in findings if f.severity.value != "error"]
     out = [f"status: {p.status}", f"steps: {r.steps_run}/{r.steps_planned}"]
-    out += [f"{k}: {v}" for k, v in p.stats.items() if v is not None]
+    out += [f"{k}: {v}" for k, v in p.stats.to_json().items() if v is not None]
     ET.SubElement(case, "system-out").text = "\n".join(out + notes)
     return failures, errors
 
@@ -114,7 +114,7 @@ def render(result: AuditResult) -> str:
     v = result.verdict
     lines = [f"verdict: {v.verdict} — {v.reason} (exit {v.exit_code})"]
     lines += [_text(f) for f in sweep if f.severity.value != "error"]
-    lines += [r["text"] for r in result.diagnosis.summary.get("recommendations") or []]
+    lines += [r.text for r in result.diagnosis.summary.recommendations]
     ET.SubElement(case, "system-out").text = "\n".join(lines)
     if not v.complete:
         el = ET.SubElement(case, "error", message=v.reason, type=v.verdict)

@@ -73,7 +73,7 @@ def _finding_rows(findings: list[Finding]) -> list[str]:
 def render(result: AuditResult, max_bytes: int | None = None) -> str:
     """The report as Markdown (at most ``max_bytes`` UTF-8 bytes when given)."""
     v = result.verdict
-    counts = result.diagnosis.summary.get("by_status", {})
+    counts = result.diagnosis.summary.by_status
     status = ", ".join(f"{n} {text(s)}" for s, n in counts.items() if n) or "no probes"
     head = [f"## {_ICON.get(v.verdict, '')} stabcheck: {cell(result.name)} — "
             f"{v.verdict.upper().replace('_', ' ')}", "",
@@ -82,9 +82,9 @@ def render(result: AuditResult, max_bytes: int | None = None) -> str:
             ""]
     head += _grid(result)
     tail: list[str] = []
-    recs = result.diagnosis.summary.get("recommendations") or []
+    recs = result.diagnosis.summary.recommendations
     if recs:
-        tail += ["### Recommendations", "", *[f"- {text(r['text'])}" for r in recs], ""]
+        tail += ["### Recommendations", "", *[f"- {text(r.text)}" for r in recs], ""]
     tail += [f"<sub>stabcheck {result.to_json()['tool']['version']} · fail_on="
              f"{result.fail_on} · `stabcheck explain CODE` for the theory behind a code</sub>",
              ""]

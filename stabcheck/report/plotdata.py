@@ -1,7 +1,7 @@
 """What the plots show, taken from a finished result: shared by the HTML and PNG reports.
 
-Nothing here computes a statistic. Spike steps come from the findings that name them
-(SC201/SC202 on the loss, SC302 on the gradient norm, SC701 on sharpness); the point where a
+Nothing here computes a statistic. Spike steps come from the findings that name them (which
+codes mark which plot is each code's registry entry, ``CodeInfo.plots``); the point where a
 probe went non-finite is the engine's ``first_nonfinite_step``. Long traces are decimated for
 display only: per bucket the lowest and highest point survive, and so do marked steps and the
 last finite point, so a spike or a blow-up never disappears from the picture.
@@ -179,7 +179,7 @@ def steps_planned(members: list[ProbeDiagnosis]) -> int:
 
 
 def median_final_loss(members: list[ProbeDiagnosis]) -> float | None:
-    """The median of the diagnosis' ``final_loss`` across a cell's seeds (None if none)."""
-    finals = [m.stats.get("final_loss") for m in members]
-    finite = [f for f in finals if f is not None]
-    return float(np.median(finite)) if finite else None
+    """The cell's median final loss across its seeds, as the diagnosis summarised it (None
+    if no seed has one)."""
+    cell = members[0].cell if members else None
+    return cell.median_final_loss if cell is not None else None

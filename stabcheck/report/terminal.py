@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console, Group, RenderableType
@@ -122,12 +122,11 @@ def _findings(findings: list[Finding]) -> RenderableType:
 
 
 def _recommendations(result: AuditResult) -> RenderableType:
-    summary: dict[str, Any] = result.diagnosis.summary
+    summary = result.diagnosis.summary
     lines = Text()
-    for rec in summary.get("recommendations", []):
-        lines.append(f"• {rec['text']}\n")
-    msl = summary.get("max_stable_lr", {})
-    missing = [bs for bs, lr in msl.items() if lr is None]
+    for rec in summary.recommendations:
+        lines.append(f"• {rec.text}\n")
+    missing = summary.no_stable_lr
     if missing:
         lines.append(f"• no stable LR in the grid at bs={', '.join(missing)}: sweep lower "
                      "learning rates\n")
@@ -136,67 +135,65 @@ def _recommendations(result: AuditResult) -> RenderableType:
 
 def _sensitivity(result: AuditResult) -> RenderableType:
     """One line each: stability margin, LR / seed / batch-size sensitivity."""
-    summary: dict[str, Any] = result.diagnosis.summary
+    summary = result.diagnosis.summary
     lines = Text()
-    margin = summary.get("stability_margin")
-    if margin:
-        edge = margin.get("max_stable_lr")
-        lines.append(f"• stability margin: {margin['margin']:.2f}x (max stable LR "
+    margin = summary.stability_margin
+    if margin and margin.margin is not None:
+        edge = margin.max_stable_lr
+        lines.append(f"• stability margin: {margin.margin:.2f}x (max stable LR "
                      f"{edge if edge is not None else 'none'} / target_lr "
-                     f"{margin['target_lr']:g} at bs={margin['batch_size']})\n")
-    sens = summary.get("lr_sensitivity") or {}
+                     f"{margin.target_lr:g} at bs={margin.batch_size})\n")
+    sens = summary.lr_sensitivity
     if sens:
-        parts = [f"bs={bs}: {v['lr_sensitivity']:.3g} ({v['normalised']:.0%} of the "
+        parts = [f"bs={bs}: {_g(v.lr_sensitivity, '.3g')} ({_g(v.normalised, '.0%')} of the "
                  "init-to-best gap)" for bs, v in sens.items()]
         lines.append("• LR sensitivity (Wortsman et al. 2023): " + "; ".join(parts) + "\n")
-    spread = summary.get("max_seed_spread")
-    fragile = summary.get("fragile_cells") or []
+    spread = summary.max_seed_spread
+    fragile = summary.fragile_cells
     if spread is not None or fragile:
         text = f"• seed sensitivity: largest spread {spread:.0%} of the decrease" \
             if spread is not None else "• seed sensitivity:"
         if fragile:
-            text += "; fragile cells " + ", ".join(f"lr={c['lr']:g}/bs={c['batch_size']}"
+            text += "; fragile cells " + ", ".join(f"lr={c.lr:g}/bs={c.batch_size}"
                                                    for c in fragile)
         lines.append(text + "\n")
-    init = summary.get("init") or {}
-    losses = [v for v in (init.get("initial_loss") or {}).values() if v is not None]
-    if losses:
-        expected = init.get("expected_initial_loss")
+    init = summary.init
+    losses = [v for v in (init.initial_loss if init else {}).values() if v is not None]
+    if init and losses:
+        expected = init.expected_initial_loss
         versus = f" vs ln(classes) = {expected:.3g}" if expected else ""
-        flow = [v for v in (summary.get("gradient_flow_at_init") or {}).values()]
+        flow = list(summary.gradient_flow_at_init.values())
         ratio = f"; first/last layer RMS gradient {min(flow):.2g}" if flow else ""
         lines.append(f"• at init: loss {min(losses):.3g}-{max(losses):.3g}{versus}{ratio}\n")
-    exponent = summary.get("batch_size_exponent")
+    exponent = summary.batch_size_exponent
     if exponent is not None:
         lines.append(f"• batch-size sensitivity: max stable LR ∝ bs^{exponent:.2g} (1 = linear "
                      "scaling rule, 0.5 = square-root rule)\n")
     return lines
 
 
+def _g(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def _curvature(result: AuditResult) -> RenderableType | None:
     """Predicted LR ceiling (from init sharpness) beside the observed boundary, per batch."""
-    curv: dict[str, Any] = result.diagnosis.summary.get("curvature") or {}
-    by_bs: dict[str, dict[str, Any]] = curv.get("by_batch_size") or {}
-    if not by_bs:
+    curv = result.diagnosis.summary.curvature
+    if curv is None or not curv.by_batch_size:
         return None
-
-    def fmt(value: Any) -> str:
-        return f"{value:.4g}" if isinstance(value, int | float) else "–"
-
-    adaptive = curv.get("rule") in ("adam", "rmsprop")
     table = Table(title="Curvature: LR ceiling predicted from init sharpness vs observed",
                   title_justify="left", box=None, pad_edge=False)
-    for name in ("batch", "precond. sharpness" if adaptive else "init sharpness (max)",
+    for name in ("batch", "precond. sharpness" if curv.adaptive else "init sharpness (max)",
                  "predicted ceiling", "max stable LR", "first diverged LR", "max EoS ratio"):
         table.add_column(name, justify="right")
-    for bs, e in by_bs.items():
-        sharp = e.get("init_preconditioned_sharpness") if adaptive else e.get("init_sharpness")
-        table.add_row(bs, fmt(sharp), fmt(e.get("predicted_lr_ceiling")),
-                      fmt(e.get("observed_max_stable_lr")),
-                      fmt(e.get("observed_min_diverged_lr")), fmt(e.get("max_eos_ratio")))
-    notes = Text(f"stable while sharpness < {curv.get('limit')}", style="dim")
-    if curv.get("b_simple") is not None:
-        notes.append(f"; gradient noise scale B_simple ≈ {curv['b_simple']:.4g} "
+    for bs, e in curv.by_batch_size.items():
+        sharp = e.init_preconditioned_sharpness if curv.adaptive else e.init_sharpness
+        table.add_row(bs, *(_g(v, ".4g") for v in (
+            sharp, e.predicted_lr_ceiling, e.observed_max_stable_lr,
+            e.observed_min_diverged_lr, e.max_eos_ratio)))
+    notes = Text(f"stable while sharpness < {curv.limit}", style="dim")
+    if curv.b_simple is not None:
+        notes.append(f"; gradient noise scale B_simple ≈ {curv.b_simple:.4g} "
                      "(critical batch-size hint)", style="dim")
     return Group(table, notes)
 
@@ -213,7 +210,7 @@ def verdict_line(result: AuditResult) -> Text:
 def renderables(result: AuditResult) -> list[RenderableType]:
     """The report as rich renderables, top to bottom."""
     env = result.environment
-    counts = result.diagnosis.summary.get("by_status", {})
+    counts = result.diagnosis.summary.by_status
     status_line = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     head = Text.assemble(
         ("stabcheck ", "bold"), (f"· {result.name} · ", ""),

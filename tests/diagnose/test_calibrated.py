@@ -13,7 +13,7 @@ from tests.diagnose.helpers import codes, decreasing, record, run
 def test_initial_loss_is_the_first_step_not_a_median_of_exploded_steps() -> None:
     loss = np.r_[2.0, 40.0, 60.0, np.full(57, 2.1)]  # blown up by step 1, stuck at chance
     d = run([record(loss)])
-    assert d.probes[0].stats["initial_loss"] == 2.0
+    assert d.probes[0].stats.initial_loss == 2.0
     assert d.probes[0].status == "diverged"
     [f] = [f for f in d.findings if f.code == "SC102"]
     assert "above its initial 2" in f.message
@@ -42,8 +42,8 @@ def test_no_progress_where_a_lower_lr_trained_is_a_failed_probe() -> None:
     collapsed = record(np.r_[2.0, 9.0, np.full(98, 1.95)], lr=0.1, index=1)
     d = run([trained, collapsed])
     assert d.probes[1].status == "diverged" and "SC103" in codes(d)
-    assert d.summary["max_stable_lr"] == {"32": 0.01}
-    assert d.summary["min_diverging_lr"] == {"32": 0.1}
+    assert d.summary.max_stable_lr == {"32": 0.01}
+    assert d.summary.min_diverging_lr == {"32": 0.1}
     # Alone, with no lower LR that learned, the same curve is no failed probe.
     assert "SC103" not in codes(run([record(np.r_[2.0, 9.0, np.full(98, 1.95)], lr=0.1)]))
 
@@ -92,11 +92,11 @@ def test_nan_at_step_zero_everywhere_is_not_an_lr_problem() -> None:
             finding.code not in ("SC101", "SC504")
     [no_lr] = [f for f in d.findings if f.code == "SC504"]
     assert "SC104" in no_lr.message and "will not help" in no_lr.recommendation
-    assert d.summary["recommendations"] == []
+    assert d.summary.recommendations == ()
 
 
 def test_constant_zero_loss_is_the_loss_function() -> None:
     d = run([record(np.zeros(50), lr=lr, index=i) for i, lr in enumerate((0.01, 0.1))])
     [f] = [f for f in d.findings if f.code == "SC105"]
     assert f.severity == Severity.ERROR
-    assert d.summary["recommendations"] == []  # no "train at lr <= ..." for a broken loss
+    assert d.summary.recommendations == ()  # no "train at lr <= ..." for a broken loss

@@ -9,6 +9,7 @@ import pytest
 
 from stabcheck.diagnose.clipping import recommended_clip
 from stabcheck.findings import Severity
+from stabcheck.records import significant
 from tests.diagnose.helpers import codes, decreasing, record, run
 
 
@@ -104,7 +105,7 @@ def test_clip_fraction_exact_and_warning_above_half() -> None:
     d = run([record(decreasing(100), clipped=clipped)], config=config)
     [f] = [f for f in d.findings if f.code == "SC401"]
     assert f.value == 0.6 and f.threshold == 0.5
-    assert d.probes[0].stats["clip_fraction"] == 0.6
+    assert d.probes[0].stats.clip_fraction == 0.6
     clipped[50:] = 0.0
     assert "SC401" not in codes(run([record(decreasing(100), clipped=clipped)], config=config))
 
@@ -125,7 +126,9 @@ def test_recommended_clip_is_the_90th_percentile_of_healthy_norms() -> None:
     overall, per_bs = recommended_clip(d.probes, 90.0)
     assert overall == pytest.approx(np.percentile(np.arange(1.0, 101.0), 90), rel=1e-3)
     assert per_bs == {"32": overall}
-    assert d.summary["clipping"]["recommended_clip"] == overall
+    # The summary holds it as the reports' one rounding rule keeps it.
+    assert d.summary.clipping is not None
+    assert d.summary.clipping.recommended_clip == significant(overall)
 
 
 def _layer_init(sizes: list[int], grads: list[float]) -> dict[int, dict]:
@@ -155,7 +158,7 @@ def test_healthy_gradient_flow_is_not_vanishing() -> None:
     init = _layer_init(sizes, [0.5 * math.sqrt(s) for s in sizes])
     d = run([record(decreasing(100))], init=init)
     assert "SC303" not in codes(d)
-    assert d.summary["gradient_flow_at_init"] == {"0": 1.0}
+    assert d.summary.gradient_flow_at_init == {"0": 1.0}
 
 
 def test_layer_with_exactly_zero_gradient() -> None:

@@ -4,7 +4,9 @@ Each probe in ``tests/fixtures/real_traces.json.gz`` is a stabcheck record of a 
 model (Hugging Face GPT-2, Llama, ResNet, MobileNetV2; torch LSTM, GRU) with the label the
 plain-loop ground truth gave it. These are the curves the thresholds were set on: healthy
 Adam transformers and BatchNorm nets with heavy-tailed gradient norms, finite runaways,
-collapses to chance after a blow-up.
+collapses to chance after a blow-up, a transient blow-up that recovers. The selection and
+why each probe is there: calibration/fixtures.py (``python -m calibration.fixtures`` rewrites
+the file from calibration/records/).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from stabcheck.diagnose import Diagnosis, diagnose
@@ -67,10 +70,10 @@ def test_gpt2_blowup_then_chance_is_diverged() -> None:
     [f] = [f for f in p.findings if f.code == "SC103"]
     assert "lr=0.03" in f.message
     # The initial loss is the first step's, before any update: not a median of exploded steps.
-    assert p.stats["initial_loss"] == pytest.approx(float(loss[0]), rel=1e-5)
+    assert p.stats.initial_loss == pytest.approx(float(loss[0]), rel=1e-5)
     assert probe(d, 0.03, 0).status == "healthy"
-    assert d.summary["max_stable_lr"] == {"16": 0.03}
-    assert d.summary["min_diverging_lr"] == {"16": 0.3}
+    assert d.summary.max_stable_lr == {"16": 0.03}
+    assert d.summary.min_diverging_lr == {"16": 0.3}
 
 
 def test_lstm_runaway_from_its_best_loss_is_sc102() -> None:
@@ -91,6 +94,40 @@ def test_heavy_tailed_gradient_norms_of_healthy_runs_are_information() -> None:
     d, _ = diagnosed("resnet-sgd-momentum")
     [f] = [f for f in probe(d, 0.1, 1).findings if f.code == "SC201"]
     assert f.severity == Severity.INFO and "mini-batch noise" in f.message
+
+
+def test_healthy_adam_transformer_with_heavy_tailed_gradient_norms_stays_healthy() -> None:
+    d, truth = diagnosed("t5-adam")
+    p = probe(d, 0.03, 1)
+    assert truth[(0.03, 1)] == "healthy"
+    grad = p.record.series("grad_norm")
+    assert np.nanmax(grad) > 10 * np.nanmedian(grad)  # heavy-tailed: 19x its median
+    spikes = [f for f in p.findings if f.code == "SC302"]
+    assert spikes and all(f.severity == Severity.INFO for f in spikes)
+    assert p.status == "healthy" and not warnings(p)
+
+
+def test_recovered_transient_blowup_is_a_finding() -> None:
+    d, truth = diagnosed("gru-rmsprop")
+    p = probe(d, 0.03, 0)
+    loss = p.record.series("loss")
+    # Up to 3x the loss at init by step 2, then trained to a tenth of it: it came back, but a
+    # person reading the curve does not call it healthy (the plain loop labels it borderline).
+    assert truth[(0.03, 0)] == "borderline"
+    assert loss.max() > 2.5 * loss[0] and np.median(loss[-5:]) < 0.2 * loss[0]
+    [f] = [f for f in p.findings if f.code == "SC205"]
+    assert f.severity == Severity.WARNING and f.steps == [2]
+    assert f.value == pytest.approx(3.0, abs=0.05) and f.threshold == 2.0
+    assert p.status == "unstable"  # a finding, not a divergence: it recovered
+
+
+def test_finite_runaway_where_a_lower_lr_trained_fails_the_gate() -> None:
+    d, truth = diagnosed("gru-rmsprop")
+    p = probe(d, 0.3, 0)
+    assert truth[(0.3, 0)] == "diverged" and p.record.outcome == "completed"  # no NaN
+    assert p.status == "diverged"
+    assert any(f.severity == Severity.ERROR for f in p.findings)  # fails fail_on: error
+    assert d.summary.min_diverging_lr == {"16": 0.3}
 
 
 def test_mobilenet_no_progress_where_a_lower_lr_trained_is_a_failed_probe() -> None:

@@ -89,10 +89,10 @@ def test_gradient_descent_limit_on_exact_hessian(write_config, tmp_path: Path,
     assert any(f.code == "SC701" for f in beyond.findings)  # the ratio is measured, too
     ratios = [r for r in beyond.record.curvature["eos_ratio"] if r is not None]
     assert ratios and ratios[0] == pytest.approx(1.1, rel=0.03)
-    ceiling = result.diagnosis.summary["curvature"]["by_batch_size"][str(N)]
-    assert ceiling["predicted_lr_ceiling"] == pytest.approx(boundary, rel=0.10)
-    assert ceiling["observed_max_stable_lr"] == below
-    assert ceiling["observed_min_diverged_lr"] == above
+    ceiling = result.diagnosis.summary.curvature.by_batch_size[str(N)]
+    assert ceiling.predicted_lr_ceiling == pytest.approx(boundary, rel=0.10)
+    assert ceiling.observed_max_stable_lr == below
+    assert ceiling.observed_min_diverged_lr == above
 
 
 def _flat_hessian(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -279,12 +279,12 @@ def test_init_curvature_and_diagnosis(write_config) -> None:
     ctx = Context(thresholds=Thresholds(), config={"target_lr": 50.0},
                   init={0: {"curvature": report}})
     summary, findings = diag.analyse([], ctx)
-    assert summary["curvature"]["by_batch_size"]["32"]["predicted_lr_ceiling"] == ceiling
+    assert summary["curvature"].by_batch_size["32"].predicted_lr_ceiling == ceiling
     codes = [f.code for f in findings]
     assert codes.count("SC702") == 2  # 50 is above the ceiling at both batch sizes
     assert "SC703" not in codes  # a hint every audit gets: in the summary, not a finding
     if report["noise_scale"]["b_simple"] is not None:
-        assert summary["curvature"]["hints"][0]["code"] == "SC703"
+        assert summary["curvature"].hints[0].code == "SC703"
 
 
 def _record(**curvature: Any) -> ProbeRecord:

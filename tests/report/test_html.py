@@ -123,7 +123,7 @@ def test_sections_and_plots(result: AuditResult, page: str) -> None:
     header = root.find_all("header")[0].all_text()
     assert "FAILED" in header and "exit code 1" in header
     assert f"{len(result.diagnosis.probes)}/{result.planned} probes" in header
-    for status, count in result.diagnosis.summary["by_status"].items():
+    for status, count in result.diagnosis.summary.by_status.items():
         if count:
             assert f"{count} {status}" in header
 
@@ -211,8 +211,8 @@ def test_every_finding_with_its_explanation(result: AuditResult, page: str) -> N
     assert [a.attrs["id"] for a in articles] == list(dict.fromkeys(
         f.code for f in result.diagnosis.findings))
     summary = next(n for n in root.iter() if n.attrs.get("id") == "summary").all_text()
-    for rec in result.diagnosis.summary["recommendations"]:
-        assert rec["text"] in summary
+    for rec in result.diagnosis.summary.recommendations:
+        assert rec.text in summary
     notes = next(n for n in root.iter() if n.attrs.get("id") == "notes").all_text()
     assert result.notes[0] in notes
 
