@@ -73,8 +73,8 @@ from stabcheck.engine.curvature.tracker import CurvatureTracker
 from stabcheck.engine.loop import drop_after
 from stabcheck.optimizers.spec import StabilityRule
 
-__all__ = ["ADAPTIVE_NOTE", "MAX_ITERS", "METHODS", "NEGLIGIBLE", "NOISE_DRAWS", "PROBE_BATCH", "TOL",
-           "TRACK_TOL", "CurvatureTracker", "Eigen", "HessianVectorProduct", "StabilityRule",
+__all__ = ["ADAPTIVE_NOTE", "MAX_ITERS", "METHODS", "NEGLIGIBLE", "NOISE_DRAWS", "PROBE_BATCH",
+           "TOL", "TRACK_TOL", "CurvatureTracker", "Eigen", "HessianVectorProduct", "StabilityRule",
            "drop_after", "init_curvature", "lanczos", "lipschitz_bound", "lipschitz_from",
            "mean_grad_sq", "measure_curvature", "noise_pair", "noise_scale", "power_iteration",
            "preconditioner", "preserved", "probe_batch_index", "safe_lipschitz",
