@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from stabcheck import nodynamo
 from stabcheck.api import AuditResult as PublicResult
 from stabcheck.api import config_overrides
 from stabcheck.config import LoadedConfig, load_config, load_mapping
@@ -121,6 +122,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     options = options or AuditOptions()
     cfg = loaded.config
     started = time.perf_counter()
+    nodynamo.install()  # eager torch.optim imports no torch._dynamo (stabcheck.nodynamo)
     probes = plan_probes(cfg)
     check_sweep_size(len(probes), cfg.probe.steps, options.large_sweep)
     out_dir = options.out_dir or default_out_dir(cfg.name)
@@ -308,6 +310,7 @@ def predict_only(loaded: LoadedConfig) -> dict[str, Any]:
     """
     cfg = loaded.config
     started = time.perf_counter()
+    nodynamo.install()
     with user_code_exits("building the model, data or loss"):
         problem = build_problem(loaded)
     data = problem.data.to(problem.device)
