@@ -3,6 +3,7 @@ the stand-in is process-wide, and other tests may well have imported dynamo alre
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -60,4 +61,4 @@ def test_compiling_after_an_audit_loads_the_real_dynamo(tmp_path: Path) -> None:
         assert getattr(plain, "__dynamo_disable") is not plain
         print(weight.detach().tolist())
         """, tmp_path)
-    assert [round(w, 6) for w in eval(out)] == [0.8, 0.8, 0.8]  # two plain SGD steps of 0.1
+    assert [round(w, 6) for w in json.loads(out)] == [0.8, 0.8, 0.8]  # two plain SGD steps of 0.1
