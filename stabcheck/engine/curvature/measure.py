@@ -36,7 +36,11 @@ def top_eigenvalue(matvec: Callable[[Vectors], Vectors], start: Vectors,
                    method: str = "lanczos", max_iters: int = MAX_ITERS, tol: float = TOL,
                    deadline: float | None = None) -> Eigen:
     """The largest algebraic eigenvalue by ``method``: Lanczos (the default: fewer products
-    for the same accuracy, no shifted second pass) or power iteration (:func:`top_eigen`)."""
+    for the same accuracy, no shifted second pass) or power iteration (:func:`top_eigen`).
+    Parameters spread over several devices fall back to power iteration (the Lanczos basis is
+    one flat tensor on one device)."""
+    if method == "lanczos" and len({t.device for t in start}) > 1:
+        method = "power"
     if method == "lanczos":
         return lanczos(matvec, start, max_iters, tol, deadline)
     if method == "power":
