@@ -233,10 +233,11 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                 progress.note(message)
 
             # Init checks per seed; what does not depend on the seed (the curvature budget,
-            # the noise scale) once per audit (stabcheck.init_phase).
+            # the noise scale) once per audit (stabcheck.init_phase). The budget is that of
+            # the whole grid, so that a resumed audit plans as the uninterrupted one did.
             pending = sorted({p.seed for p in probes} - set(contents.init))
             run_init_phase(problem, cfg, data, pending,
-                           float(sum(p.batch_size for p in todo) * settings.steps),
+                           float(sum(p.batch_size for p in probes) * settings.steps),
                            contents.init, on_init, on_event, progress.phase,
                            lambda: control.stop_requested, settings.timeout_s)
             if problem.step_fn is not None:

@@ -48,7 +48,7 @@ def run_init_phase(problem: Problem, cfg: AuditConfig, data: TensorData, seeds: 
                    stop_requested: Callable[[], bool], timeout_s: float | None) -> None:
     """Measure the seeds in ``seeds`` (not yet journaled) and ``append`` each seed's report.
 
-    ``probe_cost`` is ``sum(steps x batch_size)`` over the probes still to run; ``journaled``
+    ``probe_cost`` is ``sum(steps x batch_size)`` over the grid's probes; ``journaled``
     the init reports already in the journal (a resumed audit does not measure the noise
     scale twice); ``note`` records a line in the report.
     """

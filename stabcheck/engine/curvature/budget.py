@@ -2,7 +2,7 @@
 
 The rule (docs/engines.md, "Curvature at init"): the measurements before training may take at
 most :data:`INIT_BUDGET` (10%) of the *example-gradients* the probes will compute, that is of
-``sum over probes of steps x batch_size``. Costs are counted in the same unit: a gradient on
+``sum over the grid's probes of steps x batch_size``. Costs are counted in the same unit: a gradient on
 ``B`` examples costs ``B``, building the Hessian-vector graph ``GRAPH_COST x B``, one
 Hessian-vector product ``HVP_COST x B`` (double backward is about 1.5 gradients; 2 leaves
 room). Counting examples instead of seconds makes the plan a pure function of the config and
@@ -82,7 +82,7 @@ def plan_init(seeds: Sequence[int], n: int, probe_cost: float,
               sharpness: bool = True, share: float = INIT_BUDGET) -> InitPlan:
     """The plan for ``seeds`` under a budget of ``share x probe_cost`` example-gradients.
 
-    ``probe_cost`` is ``sum(steps x batch_size)`` over the probes still to run; ``noise_pair``
+    ``probe_cost`` is ``sum(steps x batch_size)`` over the grid's probes; ``noise_pair``
     the two batch sizes of the noise scale (``None``: not measured). See the module docstring
     for the order in which the budget is spent.
     """
