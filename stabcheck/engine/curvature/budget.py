@@ -1,9 +1,9 @@
 """How much the curvature at init may cost: a budget relative to the probes it precedes.
 
 The rule (docs/engines.md, "Curvature at init"): the measurements before training may take at
-most :data:`INIT_BUDGET` (10%) of the *example-gradients* the probes will compute, that is of
-``sum over the grid's probes of steps x batch_size``. Costs are counted in the same unit: a gradient on
-``B`` examples costs ``B``, building the Hessian-vector graph ``GRAPH_COST x B``, one
+most :data:`INIT_BUDGET` (10%) of the *example-gradients* the probes will compute, that is
+of ``sum over the grid's probes of steps x batch_size``. Costs are counted in the same unit:
+a gradient on ``B`` examples costs ``B``, building the Hessian-vector graph ``GRAPH_COST x B``, one
 Hessian-vector product ``HVP_COST x B`` (double backward is about 1.5 gradients; 2 leaves
 room). Counting examples instead of seconds makes the plan a pure function of the config and
 the data size: two runs of one audit measure exactly the same thing, so their reports agree.
