@@ -25,7 +25,8 @@ def _run(code: str, tmp_path: Path) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("engine", ["sequential", "vectorized"])
+@pytest.mark.parametrize("engine", ["sequential",  # torch.optim's step, zero_grad, ...
+                                    pytest.param("vectorized", marks=pytest.mark.slow)])
 def test_an_audit_imports_no_dynamo(tmp_path: Path, engine: str) -> None:
     config = deep_update(TINY, {"optimizer": {"name": "adam", "kwargs": {}},
                                 "probe": {"curvature_every": 4}})
