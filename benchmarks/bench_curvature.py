@@ -15,6 +15,13 @@ For each model it prints:
   ``curvature_every`` - probe time without) / probe time without (target <= 25%), with the
   products a probe's measurements took in total.
 
+Then, side by side on the same batches of tiny models whose dense Hessian is affordable
+(``n`` Hessian-vector products on the unit vectors), the two eigensolvers of one
+sharpness measurement at the init settings (``tol`` 1e-3, at most 20 products): power
+iteration (with its shifted second pass when the dominant eigenvalue is negative) and
+Lanczos. For each: products taken, relative error against the dense top eigenvalue, and the
+median time of a measurement.
+
 Timings interleave the variants (A B A B ...) and report medians, so that load on a shared
 machine hits both alike. Numbers are ratios on this machine; nothing is asserted.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -33,7 +41,8 @@ import torch
 from stabcheck.builtins.data import blobs, images, text
 from stabcheck.builtins.models import cnn, mlp, transformer
 from stabcheck.engine import EngineSettings
-from stabcheck.engine.curvature import HessianVectorProduct, probe_batch_index
+from stabcheck.engine.curvature import HessianVectorProduct, probe_batch_index, top_eigenvalue
+from stabcheck.engine.curvature.linalg import random_like
 from stabcheck.engine.sequential import SequentialProbe, run_probe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData, _builtin_criterion, make_loss_fn
@@ -132,6 +141,70 @@ def tracking_overhead(problem: Problem, batch: int, steps: int, every: int,
     return {"without": a, "with": b, "overhead": (b - a) / a, "hvps": hvps, "measures": measures}
 
 
+def _tiny(name: str, seed: int) -> tuple[torch.nn.Module, Any]:
+    """A model small enough for a dense Hessian (~1-2k parameters) and its batch."""
+    torch.manual_seed(seed)
+    if name == "mlp":
+        return mlp(in_features=8, hidden=[24, 24], out_features=4, activation="tanh"), \
+            blobs(n_samples=256, n_features=8, n_classes=4)
+    if name == "cnn":
+        return cnn(in_channels=1, channels=[4, 8], num_classes=4), \
+            images(n_samples=128, image_size=8, n_classes=4)
+    tokens = text(seq_len=8, max_samples=64)
+    return transformer(vocab_size=128, seq_len=8, d_model=8, n_layers=1, n_heads=2), tokens
+
+
+def dense_top(hvp: HessianVectorProduct) -> tuple[float, float]:
+    """The largest and smallest eigenvalue of the dense Hessian, built column by column."""
+    sizes = [p.numel() for p in hvp.params]
+    columns = []
+    for i in range(sum(sizes)):
+        unit = torch.zeros(sum(sizes), dtype=torch.float32)
+        unit[i] = 1.0
+        parts = list(unit.split(sizes))
+        columns.append(torch.cat([h.reshape(-1).double()
+                                  for h in hvp([u.view_as(p) for u, p in
+                                                zip(parts, hvp.params, strict=True)])]))
+    dense = torch.stack(columns)
+    spectrum = torch.linalg.eigvalsh(0.5 * (dense + dense.T))
+    return float(spectrum[-1]), float(spectrum[0])
+
+
+def eigensolvers(name: str, seed: int, rounds: int) -> dict[str, Any]:
+    """Power iteration vs Lanczos on one tiny model: products, error vs dense, median time."""
+    ce = make_loss_fn("cross_entropy", _builtin_criterion("cross_entropy"), "labels")
+    model, batch = _tiny(name, seed)
+    hvp = HessianVectorProduct(model, ce, batch)
+    top, bottom = dense_top(hvp)
+    out: dict[str, Any] = {"params": sum(p.numel() for p in hvp.params), "top": top,
+                           "bottom": bottom}
+    times: dict[str, list[float]] = {"power": [], "lanczos": []}
+    for _ in range(rounds):
+        for method in times:  # interleaved
+            start = random_like(hvp.params, seed)
+            began = time.perf_counter()
+            found = top_eigenvalue(hvp, start, method)
+            times[method].append(time.perf_counter() - began)
+            out[method] = {"hvps": found.iterations, "error": (found.value - top) / abs(top)}
+    for method, values in times.items():
+        out[method]["ms"] = statistics.median(values) * 1e3
+    return out
+
+
+def print_eigensolvers(models: list[str], seeds: int, rounds: int) -> None:
+    """The side-by-side table of :func:`eigensolvers`."""
+    print(f"\n{'model':<12}{'seed':>5}{'params':>7}{'dense top':>10}{'dense min':>10}"
+          f"{'power hvps':>11}{'power err':>11}{'power ms':>9}"
+          f"{'lanczos hvps':>13}{'lanczos err':>12}{'lanczos ms':>11}")
+    for name in models:
+        for seed in range(seeds):
+            r = eigensolvers(name, seed, rounds)
+            p, z = r["power"], r["lanczos"]
+            print(f"{name:<12}{seed:>5}{r['params']:>7}{r['top']:>10.4g}{r['bottom']:>10.4g}"
+                  f"{p['hvps']:>11}{p['error']:>+11.2e}{p['ms']:>9.2f}"
+                  f"{z['hvps']:>13}{z['error']:>+12.2e}{z['ms']:>11.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{cost['hvp'] / cost['step']:>9.2f}x{cost['hvp_probe'] / cost['step']:>15.2f}x"
               f"{over['without']:>9.2f}{over['with']:>11.2f}{over['overhead']:>9.0%} "
               f"{over['hvps']:>6}{over['measures']:>10}")
+    print_eigensolvers([m.strip() for m in args.models.split(",")], 1 if args.quick else 3,
+                       1 if args.quick else 5)
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -17,18 +17,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from stabcheck import nodynamo
 from stabcheck.api import AuditResult as PublicResult
 from stabcheck.api import config_overrides
 from stabcheck.config import LoadedConfig, load_config, load_mapping
 from stabcheck.engine import Engine, EngineSettings, get_engine
 from stabcheck.engine.curvature import PROBE_BATCH, init_curvature
+from stabcheck.engine.curvature.init import plan_for
 from stabcheck.engine.failures import free_memory
-from stabcheck.engine.initcheck import initial_checks
 from stabcheck.engine.vectorized import select_engine
 from stabcheck.errors import AuditNotCarriedOut, ConfigError, user_code_exits, writing
 from stabcheck.executors import choose_executor
 from stabcheck.executors.base import DEFAULT_GRACE_S, Executor, Interrupts, Job
-from stabcheck.executors.hygiene import time_limit
+from stabcheck.init_phase import run_init_phase
 from stabcheck.journal import (
     LOCK_NAME,
     REPORT_NAME,
@@ -49,7 +50,6 @@ DEFAULT_RESULTS_ROOT = Path("stabcheck-results")
 # Above this many probes an audit needs ``large_sweep`` (``--large-sweep``): a sweep that size
 # is far more often a typo (a range with num: 1000 times 20 seeds) than a plan.
 MAX_PROBES = 10_000
-CUSTOM_NO_CURVATURE = "not measured: a custom training step has no plain loss function"
 _MAX_DIR_NAME = 80  # characters of the config's name kept in a default results directory
 
 
@@ -122,6 +122,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     options = options or AuditOptions()
     cfg = loaded.config
     started = time.perf_counter()
+    nodynamo.install()  # eager torch.optim imports no torch._dynamo (stabcheck.nodynamo)
     probes = plan_probes(cfg)
     check_sweep_size(len(probes), cfg.probe.steps, options.large_sweep)
     out_dir = options.out_dir or default_out_dir(cfg.name)
@@ -222,17 +223,23 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                 done.add(record.key)
                 progress.probe_done(record)
 
-            for seed in sorted({p.seed for p in probes} - set(contents.init)):
-                if control.stop_requested:
-                    break
-                progress.phase(f"init checks and curvature at init, seed {seed}")
-                with time_limit(settings.timeout_s, f"the init checks of seed {seed}"):
-                    report = initial_checks(problem, seed, data)
-                    report["curvature"] = {"error": CUSTOM_NO_CURVATURE} if problem.step_fn \
-                        else init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
-                                            cfg.probe.curvature_batch or PROBE_BATCH)
+            def on_init(seed: int, report: dict[str, Any]) -> None:
                 with control.critical():
                     journal.append_init(seed, report)
+
+            def on_event(message: str) -> None:
+                with control.critical():
+                    journal.append_event({"event": "curvature", "message": message})
+                progress.note(message)
+
+            # Init checks per seed; what does not depend on the seed (the curvature budget,
+            # the noise scale) once per audit (stabcheck.init_phase). The budget is that of
+            # the whole grid, so that a resumed audit plans as the uninterrupted one did.
+            pending = sorted({p.seed for p in probes} - set(contents.init))
+            run_init_phase(problem, cfg, data, pending,
+                           float(sum(p.batch_size for p in probes) * settings.steps),
+                           contents.init, on_init, on_event, progress.phase,
+                           lambda: control.stop_requested, settings.timeout_s)
             if problem.step_fn is not None:
                 # Custom steps always run sequentially (stabcheck.engine.custom).
                 engine = get_engine("custom-step")
@@ -304,12 +311,16 @@ def predict_only(loaded: LoadedConfig) -> dict[str, Any]:
     """
     cfg = loaded.config
     started = time.perf_counter()
+    nodynamo.install()
     with user_code_exits("building the model, data or loss"):
         problem = build_problem(loaded)
     data = problem.data.to(problem.device)
-    seeds = {str(seed): init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
-                                       cfg.probe.curvature_batch or PROBE_BATCH)
-             for seed in cfg.sweep.seeds}
+    full = cfg.probe.curvature_batch or PROBE_BATCH
+    # No probes follow, so no budget; the noise scale is measured once (on the first seed).
+    plan = plan_for(problem, cfg.sweep.seeds, data.n, cfg.sweep.batch_sizes, None, full)
+    seeds = {str(seed): init_curvature(problem, seed, data, cfg.sweep.batch_sizes, full,
+                                       plan=plan, noise=i == 0)
+             for i, seed in enumerate(cfg.sweep.seeds)}
     ceilings: dict[str, float | None] = {}
     for bs in sorted(cfg.sweep.batch_sizes):
         values = [s["by_batch_size"][str(bs)]["predicted_lr_ceiling"] for s in seeds.values()

@@ -212,6 +212,9 @@ class ProbeSection(_Strict):
                                         "the sharpness is measured on (the whole dataset when "
                                         "smaller); null = the probe's own batch size during "
                                         "probes and 512 at init")
+    init_curvature: bool = Field(True, description="measure the curvature at init (sharpness, "
+                                 "predicted LR ceiling, noise scale) before the probes, within "
+                                 "a budget of 10% of their cost; false = skip it")
 
     @field_validator("device")
     @classmethod

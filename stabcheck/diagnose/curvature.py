@@ -36,7 +36,7 @@ register(CodeInfo(
         "to (2+2*beta)/eta, Nesterov to (2+2*beta)/((1+2*beta)*eta), and Adam, which acts as "
         "preconditioned heavy-ball, to 2(1+beta1)/((1-beta1)*eta) on the sharpness of the "
         "preconditioned Hessian P^-1/2 H P^-1/2 with P = diag(sqrt(v_hat)+eps) (about 38/eta at "
-        "beta1 = 0.9). stabcheck measures the sharpness by power iteration on Hessian-vector "
+        "beta1 = 0.9). stabcheck measures the sharpness by the Lanczos method on Hessian-vector "
         "products on a fixed batch every probe.curvature_every steps and reports the ratio of "
         "sharpness to limit. Above 1, the step overshoots along the sharpest direction: the "
         "loss stops decreasing monotonically and, unless the dynamics pull the sharpness back "

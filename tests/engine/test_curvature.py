@@ -362,3 +362,8 @@ def test_benchmark_smoke(capsys) -> None:
     row = lines[2].split()
     assert row[0] == "mlp" and row[4].endswith("x") and float(row[4][:-1]) > 0
     assert int(row[-1]) == 3  # measurements at steps 0, 2 and 4
+    # The eigensolver table (power vs Lanczos vs dense) comes after the cost table.
+    solver = lines[lines.index(next(x for x in lines if "lanczos hvps" in x)) + 1].split()
+    assert solver[0] == "mlp"
+    power_hvps, lanczos_hvps, lanczos_err = int(solver[5]), int(solver[8]), float(solver[9])
+    assert 0 < lanczos_hvps <= 20 and power_hvps > 0 and abs(lanczos_err) < 5e-4

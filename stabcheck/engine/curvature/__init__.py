@@ -8,12 +8,14 @@ on the top eigenvalue of ``P^-1/2 H P^-1/2`` with ``P = diag(sqrt(v_hat) + eps)`
 Cohen et al. 2022, "Adaptive gradient methods at the edge of stability"). This package measures
 those quantities on any ``nn.Module``:
 
-* **sharpness** — ``lambda_max`` by power iteration on Hessian-vector products. The gradient
-  is computed once with ``create_graph=True``; every iteration is then one
-  ``autograd.grad(g . v, params, retain_graph=True)`` on that same graph. Iteration starts from
-  the previous top eigenvector (warm start), stops after ``max_iters`` or once the Rayleigh
-  quotient changes by less than ``tol`` (relative). If the dominant eigenvalue is negative,
-  a second, shifted iteration on ``H - mu I`` finds the top (algebraic) one.
+* **sharpness** — ``lambda_max`` by the Lanczos method on Hessian-vector products
+  (:mod:`.lanczos`; power iteration, :func:`top_eigen`, stays available as
+  ``method="power"``). The gradient is computed once with ``create_graph=True``; every
+  product is then one ``autograd.grad(g . v, params, retain_graph=True)`` on that same graph.
+  Iteration starts from the previous top eigenvector (warm start) and stops after
+  ``max_iters`` products or once the top Ritz value is within ``tol`` (relative) of an
+  eigenvalue. Lanczos targets the largest *algebraic* eigenvalue directly, so a Hessian whose
+  most negative eigenvalue dominates needs no second, shifted pass.
 * **preconditioned sharpness** (Adam, AdamW, RMSprop) from the optimizer's second-moment state.
 * **gradient noise scale** ``B_simple = tr(Sigma) / |G|^2`` from gradients at two batch sizes
   (McCandlish et al. 2018, "An empirical model of large-batch training", appendix A).
@@ -28,7 +30,8 @@ Measurements never perturb training: gradients are taken with ``torch.autograd.g
 ``.grad`` is touched), RNG states and module buffers (BatchNorm statistics) are saved and
 restored around them, and the model stays in its current train/eval mode.
 
-Modules: :mod:`.linalg` (Hessian-vector products, power iteration), :mod:`.measure` (one
+Modules: :mod:`.linalg` (Hessian-vector products, power iteration), :mod:`.lanczos`,
+:mod:`.measure` (one
 measurement against the optimizer's stability limit), :mod:`.lipschitz`, :mod:`.noise`,
 :mod:`.init` (before training) and :mod:`.tracker` (during a probe).
 """
@@ -36,6 +39,7 @@ measurement against the optimizer's stability limit), :mod:`.lipschitz`, :mod:`.
 from __future__ import annotations
 
 from stabcheck.engine.curvature.init import ADAPTIVE_NOTE, init_curvature
+from stabcheck.engine.curvature.lanczos import lanczos
 from stabcheck.engine.curvature.linalg import (
     MAX_ITERS,
     NEGLIGIBLE,
@@ -55,21 +59,24 @@ from stabcheck.engine.curvature.lipschitz import (
     spectral_norms,
 )
 from stabcheck.engine.curvature.measure import (
+    METHODS,
     PROBE_BATCH,
     mean_grad_sq,
     measure_curvature,
     preconditioner,
     probe_batch_index,
     stability_rule,
+    top_eigenvalue,
 )
 from stabcheck.engine.curvature.noise import NOISE_DRAWS, noise_pair, noise_scale
 from stabcheck.engine.curvature.tracker import CurvatureTracker
 from stabcheck.engine.loop import drop_after
 from stabcheck.optimizers.spec import StabilityRule
 
-__all__ = ["ADAPTIVE_NOTE", "MAX_ITERS", "NEGLIGIBLE", "NOISE_DRAWS", "PROBE_BATCH", "TOL",
-           "TRACK_TOL", "CurvatureTracker", "Eigen", "HessianVectorProduct", "StabilityRule",
-           "drop_after", "init_curvature", "lipschitz_bound", "lipschitz_from",
+__all__ = ["ADAPTIVE_NOTE", "MAX_ITERS", "METHODS", "NEGLIGIBLE", "NOISE_DRAWS", "PROBE_BATCH",
+           "TOL", "TRACK_TOL", "CurvatureTracker", "Eigen", "HessianVectorProduct", "StabilityRule",
+           "drop_after", "init_curvature", "lanczos", "lipschitz_bound", "lipschitz_from",
            "mean_grad_sq", "measure_curvature", "noise_pair", "noise_scale", "power_iteration",
            "preconditioner", "preserved", "probe_batch_index", "safe_lipschitz",
-           "spectral_norm", "spectral_norms", "stability_rule", "top_eigen"]
+           "spectral_norm", "spectral_norms", "stability_rule", "top_eigen",
+           "top_eigenvalue"]
