@@ -151,3 +151,21 @@ def test_a_batchnorm_resnet_falls_back_to_the_sequential_engine_with_a_note(
     assert report["probes"][0]["engine"] == "sequential"
     assert any(n.startswith("sequential engine used: model.resnet.") and "BatchNorm2d with "
                "running statistics" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3]], ids=["llama-causal_lm",
+                                                           "bert-sequence_classification"])
+def test_llama_and_a_bert_classifier_run_vectorized(case: tuple, tmp_path: Path) -> None:
+    import stabcheck
+
+    config, task, overrides, data_kwargs = case
+    result = stabcheck.audit({
+        "name": config, "loss": "model", "optimizer": {"name": "adamw"},
+        "model": {"builtin": "hf", "kwargs": {"config": config, "task": task,
+                                              "config_overrides": overrides}},
+        "data": {"builtin": "hf", "kwargs": {"task": task, "n_samples": 32, **data_kwargs}},
+        "sweep": {"learning_rates": [1e-3, 3e-3], "seeds": [0], "batch_sizes": [8]},
+        "probe": {"steps": 3, "device": "cpu"}}, out_dir=tmp_path / "r")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert result.exit_code == 0 and report["notes"] == []
+    assert [p["engine"] for p in report["probes"]] == ["vectorized", "vectorized"]
