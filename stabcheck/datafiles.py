@@ -107,7 +107,6 @@ def _read_table(loaded: LoadedConfig, path: Path,
                 notes: list[str]) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     import pandas as pd
 
-    spec = loaded.config.data
     try:
         if path.suffix.lower() == ".csv":
             frame = pd.read_csv(path)
@@ -126,18 +125,7 @@ def _read_table(loaded: LoadedConfig, path: Path,
                               f"{type(exc).__name__}: {first[0] if first else ''}") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
-    if spec.target is not None and str(spec.target) not in columns:
-        raise loaded.error_at(("data", "target"), _missing("column", spec.target, columns,
-                                                           path))
-    target = None if spec.target is None else str(spec.target)
-    features = [str(f) for f in spec.features] if spec.features is not None \
-        else [c for c in columns if c != target]
-    for i, name in enumerate(features):
-        if name not in columns:
-            raise loaded.error_at(("data", "features", i), _missing("column", name, columns,
-                                                                    path))
-    if not features:
-        raise loaded.error_at(("data", "features"), f"{path.name}: no feature columns left")
+    target, features = _target_and_features(loaded, path, "column", columns)
     text = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])
             or pd.api.types.is_bool_dtype(frame[c])]
     if text:
@@ -172,26 +160,33 @@ def _missing(kind: str, name: Any, available: list[str], path: Path) -> str:
     return f"{path.name} has no {kind} {name!r}{hint}; it has: {shown}"
 
 
-def _read_npz(loaded: LoadedConfig, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _target_and_features(loaded: LoadedConfig, path: Path, kind: str, names: list[str]
+                         ) -> tuple[str | None, list[str]]:
+    """``data.target`` and ``data.features`` (default: every other name) checked against the
+    file's column or array-key ``names``: a missing one is an error at its config line."""
     spec = loaded.config.data
+    if spec.target is not None and str(spec.target) not in names:
+        raise loaded.error_at(("data", "target"), _missing(kind, spec.target, names, path))
+    target = None if spec.target is None else str(spec.target)
+    features = [str(f) for f in spec.features] if spec.features is not None \
+        else [n for n in names if n != target]
+    for i, name in enumerate(features):
+        if name not in names:
+            raise loaded.error_at(("data", "features", i), _missing(kind, name, names, path))
+    if not features:
+        plural = "columns" if kind == "column" else "arrays"
+        raise loaded.error_at(("data", "features"), f"{path.name}: no feature {plural} left")
+    return target, features
+
+
+def _read_npz(loaded: LoadedConfig, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise loaded.error_at(("data", "path"), f"cannot read {path.name}: "
                               f"{type(exc).__name__}: {exc}") from None
     with archive:
-        keys = list(archive.files)
-        if spec.target is not None and str(spec.target) not in keys:
-            raise loaded.error_at(("data", "target"), _missing("key", spec.target, keys, path))
-        target = None if spec.target is None else str(spec.target)
-        features = [str(f) for f in spec.features] if spec.features is not None \
-            else [k for k in keys if k != target]
-        for i, name in enumerate(features):
-            if name not in keys:
-                raise loaded.error_at(("data", "features", i), _missing("key", name, keys,
-                                                                        path))
-        if not features:
-            raise loaded.error_at(("data", "features"), f"{path.name}: no feature arrays left")
+        target, features = _target_and_features(loaded, path, "key", list(archive.files))
         arrays = [archive[k] for k in features]
         y = archive[target] if target is not None else None
     rows = {a.shape[0] if a.ndim else -1 for a in arrays} | ({y.shape[0]} if y is not None

@@ -7,7 +7,7 @@ diverged, …) is a diagnosis of those measurements and is computed downstream.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 OUTCOMES = ("completed", "nonfinite", "error", "timeout", "oom")
 # The outcomes of a probe that did not run to a result; each is also that probe's status.
 CRASHED = ("error", "timeout", "oom")
+# Trace columns of a custom step's named losses: ``loss/<name>`` (stabcheck.engine.custom).
+NAMED_LOSS = "loss/"
 
 
 def significant(value: float | None) -> float | None:
@@ -90,3 +92,20 @@ class ProbeRecord:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+
+
+def loss_views(record: ProbeRecord) -> dict[str, ProbeRecord]:
+    """The record once per named loss, when the loss detectors judge each on its own.
+
+    A custom step that returns a dict with a ``loss`` entry declares it primary: the trace's
+    ``loss`` column is that entry, and it alone is judged (``{}`` here). A dict without one
+    (a GAN's ``{"d_loss": …, "g_loss": …}``) has no loss anyone minimises: its ``loss``
+    column is the sum, whose rise or fall says nothing, so each named loss is judged on its
+    own, through a copy of the record whose ``loss`` column is that loss.
+    """
+    names = [column[len(NAMED_LOSS):] for column in record.trace
+             if column.startswith(NAMED_LOSS)]
+    if not names or "loss" in names:
+        return {}
+    return {name: replace(record, trace={**record.trace, "loss": record.trace[NAMED_LOSS + name]})
+            for name in names}

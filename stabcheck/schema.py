@@ -126,12 +126,7 @@ class OptimizerSection(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if ":" in value:
-            _check_reference(value)
-            return value
-        if value not in BUILTIN_OPTIMIZERS:
-            raise ValueError(choice_message(value, BUILTIN_OPTIMIZERS, "or 'module:Class'"))
-        return value
+        return _builtin_or_reference(value, BUILTIN_OPTIMIZERS, "'module:Class'")
 
 
 class LRRange(_Strict):
@@ -270,12 +265,16 @@ class AuditConfig(_Strict):
     @field_validator("loss")
     @classmethod
     def _loss(cls, value: str) -> str:
-        if ":" in value:
-            _check_reference(value)
-            return value
-        if value not in BUILTIN_LOSSES:
-            raise ValueError(choice_message(value, BUILTIN_LOSSES, "or 'module:attr'"))
-        return value
+        return _builtin_or_reference(value, BUILTIN_LOSSES, "'module:attr'")
+
+
+def _builtin_or_reference(value: str, builtins: tuple[str, ...], form: str) -> str:
+    """``value`` if it is a reference (``"module:attr"``) or one of ``builtins``."""
+    if ":" in value:
+        _check_reference(value)
+    elif value not in builtins:
+        raise ValueError(choice_message(value, builtins, f"or {form}"))
+    return value
 
 
 def _check_reference(ref: str) -> None:

@@ -128,3 +128,44 @@ def test_samples_run(tmp_path: Path, sample: str, engine: str) -> None:
         assert probe["engine"] == engine
         assert probe["stats"]["min_loss"] < probe["stats"]["initial_loss"]  # it trains
         assert probe["layers"]["names"][0].startswith("model.")
+
+
+def test_a_batchnorm_resnet_falls_back_to_the_sequential_engine_with_a_note(
+        tmp_path: Path) -> None:
+    import stabcheck
+
+    config = {"name": "resnet", "loss": "model", "optimizer": {"name": "adamw"},
+              "model": {"builtin": "hf", "kwargs": {
+                  "config": "resnet", "task": "image_classification",
+                  "config_overrides": {"embedding_size": 8, "hidden_sizes": [8],
+                                       "depths": [1], "num_labels": 3}}},
+              "data": {"builtin": "hf", "kwargs": {"task": "image_classification",
+                                                   "n_samples": 32, "image_size": 8,
+                                                   "num_labels": 3}},
+              "sweep": {"learning_rates": [1e-3], "seeds": [0], "batch_sizes": [8]},
+              "probe": {"steps": 3, "device": "cpu"}}
+    result = stabcheck.audit(config, out_dir=tmp_path / "r")
+    assert result.exit_code == 0
+    assert [p.status for p in result.probes] == ["healthy"]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["probes"][0]["engine"] == "sequential"
+    assert any(n.startswith("sequential engine used: model.resnet.") and "BatchNorm2d with "
+               "running statistics" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3]], ids=["llama-causal_lm",
+                                                           "bert-sequence_classification"])
+def test_llama_and_a_bert_classifier_run_vectorized(case: tuple, tmp_path: Path) -> None:
+    import stabcheck
+
+    config, task, overrides, data_kwargs = case
+    result = stabcheck.audit({
+        "name": config, "loss": "model", "optimizer": {"name": "adamw"},
+        "model": {"builtin": "hf", "kwargs": {"config": config, "task": task,
+                                              "config_overrides": overrides}},
+        "data": {"builtin": "hf", "kwargs": {"task": task, "n_samples": 32, **data_kwargs}},
+        "sweep": {"learning_rates": [1e-3, 3e-3], "seeds": [0], "batch_sizes": [8]},
+        "probe": {"steps": 3, "device": "cpu"}}, out_dir=tmp_path / "r")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert result.exit_code == 0 and report["notes"] == []
+    assert [p["engine"] for p in report["probes"]] == ["vectorized", "vectorized"]

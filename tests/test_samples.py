@@ -75,3 +75,17 @@ def test_custom_user_code_sample(tmp_path: Path) -> None:
     assert code == 0
     assert report["config"]["model"]["factory"] == "./models.py:build"
     assert all(p["steps_run"] == 150 for p in report["probes"])
+
+
+@pytest.mark.slow
+def test_gan_sample_judges_each_named_loss_with_the_normal_gate(tmp_path: Path) -> None:
+    code, report = audit(SAMPLES / "custom_step_gan.yaml", tmp_path / "r")
+    assert report["fail_on"] == "error" and code == 0
+    statuses = {p["lr"]: p["status"] for p in report["probes"]}
+    assert statuses[1e-4] == statuses[1e-3] == "healthy"  # g_loss rises: not a divergence
+    assert "SC901" in {f["code"] for f in report["findings"]}
+    assert not [f for f in report["findings"] if f["severity"] == "error"]
+    # findings that depend on the loss say which one
+    loss_codes = {"SC102", "SC201", "SC202", "SC203", "SC204", "SC205"}
+    assert all(f["message"].startswith(("d_loss: ", "g_loss: "))
+               for f in report["findings"] if f["code"] in loss_codes)

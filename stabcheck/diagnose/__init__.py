@@ -16,6 +16,7 @@ renderer. The results handed to the reports are the frozen, rounded ones of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,7 +40,7 @@ from stabcheck.diagnose.context import Context
 from stabcheck.diagnose.layers import layer_summary
 from stabcheck.diagnose.results import CellSummary, LayerSummary, ProbeStats, SweepSummary
 from stabcheck.findings import Finding, Severity, sort_findings
-from stabcheck.records import CRASHED, ProbeRecord
+from stabcheck.records import CRASHED, ProbeRecord, loss_views
 
 STATUSES = ("healthy", "unstable", "diverged", "error", "timeout", "oom")
 
@@ -128,13 +129,42 @@ PROBE_DETECTORS: list[ProbeDetector] = [d for f in FAMILIES for d in f.detectors
 SWEEP_ANALYSES: list[SweepAnalysis] = [a for f in FAMILIES for a in f.analyses]
 
 
+# A named loss of a step with no primary ``loss`` (a GAN's d_loss and g_loss) is not one that
+# anything minimises: it need not end below its start (SC102's first rule), fall (SC203) or
+# settle (SC204). It must still stay finite, not blow up, run away or spike.
+NOT_MINIMISED = {"divergence_noise_sigma": math.inf, "stagnation_min_decrease": -math.inf,
+                 "oscillation_z": math.inf}
+
+
+def probe_findings(record: ProbeRecord, ctx: Context) -> list[Finding]:
+    """Every per-probe detector's findings. A probe whose custom step returned named losses
+    and no primary ``loss`` is judged once per named loss (:func:`~stabcheck.records.
+    loss_views`, with :data:`NOT_MINIMISED`): a finding that reads the same whichever loss
+    is judged (NaN, gradients, clipping) is kept once; one that differs names its loss."""
+    views = loss_views(record)
+    if not views:
+        return [f for detect in PROBE_DETECTORS for f in detect(record, ctx)]
+    each = replace(ctx, thresholds=ctx.thresholds.model_copy(update=NOT_MINIMISED))
+    per_loss = {name: [f for detect in PROBE_DETECTORS for f in detect(view, each)]
+                for name, view in views.items()}
+    out: list[Finding] = []
+    for name, found in per_loss.items():
+        for f in found:
+            if all(f in other for other in per_loss.values()):
+                if f not in out:
+                    out.append(f)
+            else:
+                out.append(replace(f, message=f"{name}: {f.message}"))
+    return out
+
+
 def diagnose(records: list[ProbeRecord], ctx: Context) -> Diagnosis:
     """Run every detector over every probe, then every sweep-level analysis."""
     ordered = sorted(records, key=lambda r: r.index)
-    per_probe = {r.index: [f for detect in PROBE_DETECTORS for f in detect(r, ctx)]
-                 for r in ordered}
-    dynamics.failed_probes(ordered, per_probe, ctx)
-    dynamics.relax_low_lr_stagnation(ordered, per_probe, ctx)
+    per_probe = {r.index: probe_findings(r, ctx) for r in ordered}
+    minimised = [r for r in ordered if not loss_views(r)]  # "made no progress" needs a loss
+    dynamics.failed_probes(minimised, per_probe, ctx)     # that is minimised
+    dynamics.relax_low_lr_stagnation(minimised, per_probe, ctx)
     probes = [ProbeDiagnosis(r, probe_status(r, per_probe[r.index]), probe_stats(r),
                              per_probe[r.index],
                              layers=layer_summary(r.layer_names, r.layer_matrix()))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stabcheck.lazy import load
+from stabcheck.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     from stabcheck.executors.base import Executor
 
 # Executors by name → where the class lives (imported when first used).
-EXECUTORS: dict[str, str] = {
+EXECUTORS = Registry("executor", {
     "local": "stabcheck.executors.local:LocalExecutor",
     "processes": "stabcheck.executors.process:ProcessExecutor",
     "process": "stabcheck.executors.process:SingleProcessExecutor",
     "ray": "stabcheck.executors.ray:RayExecutor",
-}
+})
 EXECUTOR_CHOICES = ("auto", *EXECUTORS)
 
 
@@ -39,12 +39,7 @@ def get_executor(name: str, workers: int | None = None,
                  ray_address: str | None = None) -> Executor:
     """A new executor of the given registered name (``workers``, ``ray_address``: for the
     executors that take them)."""
-    try:
-        ref = EXECUTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown executor {name!r}; expected one of "
-                         f"{', '.join(EXECUTOR_CHOICES)}") from None
-    cls = load(ref)
+    cls = EXECUTORS.load(name, EXECUTOR_CHOICES)
     if ray_address is not None and name != "ray":
         raise ValueError(f"--ray-address applies to the ray executor, not {name!r}")
     if ray_address is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stabcheck.lazy import load
+from stabcheck.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -20,18 +20,19 @@ if TYPE_CHECKING:
     from stabcheck.optimizers.spec import OptimizerSpec
 
 # name in the config → the module holding its spec.
-OPTIMIZERS: dict[str, str] = {
+OPTIMIZERS = Registry("optimizer", {
     "sgd": "stabcheck.optimizers.sgd:SPEC",
     "adam": "stabcheck.optimizers.adam:SPEC",
     "adamw": "stabcheck.optimizers.adamw:SPEC",
     "rmsprop": "stabcheck.optimizers.rmsprop:SPEC",
-}
+})
 BUILTIN_OPTIMIZERS = tuple(OPTIMIZERS)
 
 
 def get(name: str) -> OptimizerSpec:
-    """The spec of built-in optimizer ``name``; ``KeyError`` for any other name."""
-    spec: OptimizerSpec = load(OPTIMIZERS[name])
+    """The spec of built-in optimizer ``name``; :class:`~stabcheck.registry.UnknownName` (a
+    ``KeyError`` and a ``ValueError``) for any other name."""
+    spec: OptimizerSpec = OPTIMIZERS.load(name)
     return spec
 
 

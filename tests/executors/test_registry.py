@@ -37,3 +37,15 @@ def test_an_engine_spec_survives_pickling_with_its_options() -> None:
     fallback = EngineSpec("sequential", {"fallback_reason": "custom optimizer"}).build()
     assert fallback.runs_cohort_together is False
     assert fallback.spec == EngineSpec("sequential", {"fallback_reason": "custom optimizer"})
+
+
+def test_an_unknown_name_lists_the_known_ones_for_executors_and_optimizers() -> None:
+    from stabcheck import optimizers
+    from stabcheck.registry import UnknownName
+
+    with pytest.raises(UnknownName, match=r"^unknown executor 'dask'; expected one of auto, "):
+        get_executor("dask")
+    with pytest.raises(KeyError, match=r"^unknown optimizer 'lion'; expected one of sgd, adam"):
+        optimizers.get("lion")  # a KeyError as well as a ValueError
+    assert optimizers.get("adamw").torch_class.__name__ == "AdamW"
+    assert list(optimizers.OPTIMIZERS) == list(optimizers.BUILTIN_OPTIMIZERS)
