@@ -75,7 +75,11 @@ class CohortRun:
             for name, _ in [*self.base.named_parameters(), *self.base.named_buffers()]:
                 if name not in trainable:
                     consts[name] = torch.stack([tensor_of(m, name).detach() for m in models])
+        # What the stacked members carry besides their trainable parameters: frozen parameters
+        # and buffers, stacked too; buffers (BatchNorm running statistics) are updated in
+        # place under vmap, each member's own row.
         self.consts = consts
+        self._buffers = {name for name, _ in self.base.named_buffers()}
         self._spare = torch.empty_like(self.flat)   # the next step's parameters go here
         self._delta = torch.empty_like(self.flat)   # and the update, to measure it
         self.flat.requires_grad_(grad_mode == "sum")
@@ -257,6 +261,8 @@ class CohortRun:
     def snapshot(self) -> dict[str, Any]:
         """Weights and optimizer state of every live member, to replay a failing step."""
         return {"step": self.steps_done, "flat": self.flat.detach().clone(),
+                "consts": {k: v.clone() if k in self._buffers else v
+                           for k, v in self.consts.items()},
                 "members": list(self.members), "optimizer": self.optimizer.snapshot(),
                 "scaler": self.scaler.snapshot() if self.scaler is not None else None}
 
@@ -270,6 +276,8 @@ class CohortRun:
         with torch.no_grad():
             for name, (lo, hi) in slices.items():
                 named[name].copy_(snap["flat"][pos, lo:hi].view_as(named[name]))
+            for name, stacked in snap["consts"].items():  # BatchNorm statistics, frozen weights
+                tensor_of(probe.model, name).copy_(stacked[pos])
         self.optimizer.load_into(probe.optimizer, snap["optimizer"], pos, slices, named)
         if snap.get("scaler") is not None:
             probe.scaler.load_state_dict(StackedScaler.state_dict(snap["scaler"], pos))
