@@ -45,6 +45,7 @@ from __future__ import annotations
 from stabcheck.engine.vectorized.eligibility import (
     model_reason,
     optimizer_reason,
+    vectorized_choice,
     vectorized_reason,
 )
 from stabcheck.engine.vectorized.engine import VectorizedEngine
@@ -53,4 +54,5 @@ from stabcheck.engine.vectorized.select import select_engine
 from stabcheck.engine.vectorized.stacked import GRAD_MODES, CohortRun, Ineligible
 
 __all__ = ["GRAD_MODES", "CohortRun", "Ineligible", "VectorizedEngine", "max_members",
-           "model_reason", "optimizer_reason", "select_engine", "vectorized_reason"]
+           "model_reason", "optimizer_reason", "select_engine", "vectorized_choice",
+           "vectorized_reason"]

@@ -7,6 +7,7 @@ Cheap checks first (the optimizer registry, the model's structure), then a trial
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,13 +90,14 @@ def trial_members(probes: Sequence[ProbeSpec], batch_size: int) -> list[ProbeSpe
 
 
 def trial_mismatch(problem: Problem, members: list[ProbeSpec], one: EngineSettings,
-                   data: TensorData, dtype: str, eval_mode: bool) -> str | None:
+                   data: TensorData, dtype: str, eval_mode: bool,
+                   math_attention: bool = False) -> str | None:
     """One vectorized step of ``members`` against the sequential engine's, member by member.
 
     ``None`` when every member's loss, gradient norm and per-layer gradient norms agree;
     otherwise which member and statistic differ, and by how much (one phrase).
     """
-    trial = CohortRun(problem, members, one, data)
+    trial = CohortRun(problem, members, one, data, math_attention=math_attention)
     if eval_mode:
         trial.base.eval()
     trial.step(0)
@@ -130,48 +132,71 @@ def trial_mismatch(problem: Problem, members: list[ProbeSpec], one: EngineSettin
     return None
 
 
-def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorData,
-                      probes: Sequence[ProbeSpec]) -> str | None:
-    """Why the vectorized engine cannot run this audit, or ``None`` when it can.
+def _trial(problem: Problem, members: list[ProbeSpec], one: EngineSettings, data: TensorData,
+           stochastic: bool, math_attention: bool) -> str | None:
+    """The trial step (raises what ``vmap`` refuses); the disagreement, or ``None``."""
+    # A stochastic forward (dropout) draws different masks in the two engines: the step
+    # under vmap runs as trained (anything vmap refuses surfaces), and the comparison
+    # runs with the randomness switched off in both (eval mode), so dropout alone never
+    # looks like a disagreement.
+    if stochastic:
+        CohortRun(problem, members, one, data, math_attention=math_attention).step(0)
+    return trial_mismatch(problem, members, one, data, one.dtype, eval_mode=stochastic,
+                          math_attention=math_attention)
+
+
+def vectorized_choice(problem: Problem, settings: EngineSettings, data: TensorData,
+                      probes: Sequence[ProbeSpec]) -> tuple[str | None, dict[str, Any]]:
+    """Why the vectorized engine cannot run this audit (``None`` when it can), and the
+    :class:`~stabcheck.engine.vectorized.VectorizedEngine` options the trial settled on.
 
     Cheap checks first (optimizer, dtype, model structure), then a trial: up to three members
     (:func:`trial_members`) run one real vectorized step, each compared with its own
     sequential step, so anything ``vmap`` refuses (data-dependent control flow, ...)
-    surfaces here rather than in the middle of the audit.
+    surfaces here rather than in the middle of the audit. A trial that fails is tried once
+    more with attention through its composite kernel (``math_attention``).
     """
     if not probes:
-        return None
+        return None, {}
     reason = optimizer_reason(problem)
     if reason:
-        return reason
+        return reason, {}
+    options: dict[str, Any] = {}
     try:
         reason = model_reason(build_model(problem, 0))
         if reason:
-            return reason
+            return reason, {}
         bs = min(p.batch_size for p in probes)
         missing = _no_grad_params(problem, data, bs)
         if missing:
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
-            return f"parameter {missing[0]}{more} gets no gradient"
+            return f"parameter {missing[0]}{more} gets no gradient", {}
         members = trial_members(probes, bs)
         one = EngineSettings(steps=1, dtype=settings.dtype, grad_clip=settings.grad_clip)
-        # A stochastic forward (dropout) draws different masks in the two engines: the step
-        # under vmap runs as trained (anything vmap refuses surfaces), and the comparison
-        # runs with the randomness switched off in both (eval mode), so dropout alone never
-        # looks like a disagreement.
         stochastic = _is_stochastic(problem, data, bs)
-        if stochastic:
-            CohortRun(problem, members, one, data).step(0)
-        mismatch = trial_mismatch(problem, members, one, data, settings.dtype,
-                                  eval_mode=stochastic)
+        try:
+            mismatch = _trial(problem, members, one, data, stochastic, math_attention=False)
+        except Exception as first:
+            free_memory(problem.device)
+            try:
+                mismatch = _trial(problem, members, one, data, stochastic, math_attention=True)
+            except Exception:
+                raise first from None
+            options["math_attention"] = True
         if mismatch:
             return (f"a trial step under vmap disagrees with the sequential engine, {mismatch} "
                     "(the model may keep state outside its parameters and buffers, or use an "
-                    "operation vmap batches wrongly)")
+                    "operation vmap batches wrongly)"), {}
     except Exception as exc:
         detail = str(exc).strip().splitlines()
         return (f"the model does not run under vmap ({type(exc).__name__}: "
-                f"{detail[0][:160] if detail else ''})")
+                f"{detail[0][:160] if detail else ''})"), {}
     finally:
         free_memory(problem.device)
-    return None
+    return None, options
+
+
+def vectorized_reason(problem: Problem, settings: EngineSettings, data: TensorData,
+                      probes: Sequence[ProbeSpec]) -> str | None:
+    """Why the vectorized engine cannot run this audit, or ``None`` (:func:`vectorized_choice`)."""
+    return vectorized_choice(problem, settings, data, probes)[0]

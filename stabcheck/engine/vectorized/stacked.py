@@ -10,12 +10,14 @@ handful of whole-cohort tensor operations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.func import grad_and_value, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from stabcheck import optimizers
 from stabcheck.engine.base import EngineSettings
@@ -52,8 +54,13 @@ class CohortRun:
     """The stacked state of one cohort, steppable one instrumented step at a time."""
 
     def __init__(self, problem: Problem, probes: Sequence[ProbeSpec], settings: EngineSettings,
-                 data: TensorData, grad_mode: str = "sum", compile_step: bool = False) -> None:
+                 data: TensorData, grad_mode: str = "sum", compile_step: bool = False,
+                 math_attention: bool = False) -> None:
         self.problem, self.settings, self.data = problem, settings, data
+        # scaled_dot_product_attention through its composite (math) kernel: under vmap the
+        # fused CPU kernel is chosen even for a mask that needs a gradient (T5's position
+        # bias), which it cannot give; the eligibility trial turns this on where it helps.
+        self.math_attention = math_attention
         self.probes = list(probes)
         self.device = device = problem.device
         self.grad_mode = grad_mode
@@ -114,7 +121,9 @@ class CohortRun:
 
     def _member_loss(self, params: dict[str, torch.Tensor], consts: dict[str, torch.Tensor],
                      batch: Batch) -> torch.Tensor:
-        with autocast(self.device, self.settings.dtype):
+        attention = sdpa_kernel(SDPBackend.MATH) if self.math_attention \
+            else contextlib.nullcontext()
+        with autocast(self.device, self.settings.dtype), attention:
             loss = self.problem.loss_fn(Bound(self.swap, {**params, **consts}), batch)  # type: ignore[arg-type]
         return loss.float().reshape(())
 
