@@ -118,3 +118,38 @@ def test_a_mismatch_beyond_the_first_member_forces_the_sequential_engine(
     assert note is not None and "\n" not in note
     assert "disagrees with the sequential engine, member 2 of 3" in note
     assert "'table' gradient norm" in note or "gradient norm" in note
+
+
+# A padding row shared with a tied output layer: the embedding slot passes it no gradient, the
+# output layer still does (as in the sequential engine).
+TIED_PADDING = """
+    import torch
+    from torch import nn
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(8, 4, padding_idx=0)
+            self.out = nn.Linear(4, 8, bias=False)
+            self.out.weight = self.embed.weight
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            idx = (x.abs() * 3).long().clamp(max=7)
+            return self.head(self.out(torch.tanh(self.embed(idx).mean(1))))
+
+    def build():
+        return Tied()
+"""
+
+
+def test_a_padding_row_tied_to_an_output_layer_trains_as_in_the_sequential_engine(
+        write_config, write_module) -> None:
+    write_module("tied.py", TIED_PADDING)
+    problem, config = _problem(write_config, {
+        "model": {"builtin": None, "factory": "./tied.py:build", "kwargs": {}},
+        "sweep": {"learning_rates": [0.05, 0.1], "seeds": [0, 1], "batch_sizes": [16]}})
+    settings = EngineSettings.from_config(config.probe)
+    engine, note = select_engine(problem, "auto", settings, problem.data, plan_probes(config))
+    assert isinstance(engine, VectorizedEngine), note
+    _assert_same(_run(SequentialEngine(), problem, config), _run(engine, problem, config))
