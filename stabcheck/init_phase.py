@@ -30,15 +30,21 @@ def _has_noise(report: Mapping[str, Any]) -> bool:
 
 def reduced_note(plan: InitPlan, seeds: Sequence[int], full_batch: int) -> str | None:
     """A note for the report when the budget cut the measurement down, else ``None``."""
-    if plan.budget is None or (len(plan.sharpness_seeds) == len(seeds)
-                               and plan.batch == full_batch and plan.noise_draws):
+    if plan.budget is None:
+        return None
+    noise = (f"from {plan.noise_draws} draws" if plan.noise_draws else "not measured")
+    if not plan.sharpness:  # nothing but the noise scale was planned (Adam, RMSprop)
+        return None if plan.noise_draws else (
+            f"curvature at init within its budget ({INIT_BUDGET:.0%} of the probes' "
+            "example-gradients): noise scale not measured")
+    if (len(plan.sharpness_seeds) == len(seeds) and plan.batch == full_batch
+            and plan.noise_draws):
         return None
     measured = ", ".join(map(str, plan.sharpness_seeds)) or "none"
     return (f"curvature at init within its budget ({INIT_BUDGET:.0%} of the probes' "
             f"example-gradients): "
             f"sharpness of seed(s) {measured} on {plan.batch} examples, at most "
-            f"{plan.max_iters} Lanczos steps; noise scale "
-            + (f"from {plan.noise_draws} draws" if plan.noise_draws else "not measured"))
+            f"{plan.max_iters} Lanczos steps; noise scale {noise}")
 
 
 def run_init_phase(problem: Problem, cfg: AuditConfig, data: TensorData, seeds: Sequence[int],

@@ -2,8 +2,8 @@
 
 Module names are chosen so the report reads well: ``layers.3.linear``, ``blocks.2.attn``,
 ``head``. Every model is a plain ``nn.Module`` that ``torch.func.functional_call`` and
-``vmap`` can run (no in-place tricks, no data-dependent control flow) unless it uses
-BatchNorm, whose running statistics the vectorized engine cannot share.
+``vmap`` can run (no in-place tricks, no data-dependent control flow); BatchNorm's running
+statistics are stacked per member by the vectorized engine.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ class InitPlan:
     budget: float | None  # example-gradients allowed (None: no budget, e.g. --predict-only)
     cost: float  # example-gradients the plan spends at most
     probe_cost: float | None  # example-gradients of the probes
+    sharpness: bool = True  # False: the optimizer's ceiling needs no sharpness at init (Adam)
 
     def describe(self) -> dict[str, object]:
         """The plan as it goes into the init report."""
@@ -74,7 +75,7 @@ def unbounded_plan(seeds: Sequence[int], n: int, curvature_batch: int = PROBE_BA
     batch = min(n, curvature_batch)
     chosen = tuple(seeds) if sharpness else ()
     return InitPlan(chosen, batch, MAX_ITERS, NOISE_DRAWS if noise else 0, None,
-                    len(chosen) * sharpness_cost(batch, MAX_ITERS), None)
+                    len(chosen) * sharpness_cost(batch, MAX_ITERS), None, sharpness)
 
 
 def plan_init(seeds: Sequence[int], n: int, probe_cost: float,
@@ -95,7 +96,7 @@ def plan_init(seeds: Sequence[int], n: int, probe_cost: float,
     spent = draws * float(sum(noise_pair)) if noise_pair else 0.0
     full = min(n, curvature_batch)
     if not sharpness or not seeds:
-        return InitPlan((), full, MAX_ITERS, draws, budget, spent, probe_cost)
+        return InitPlan((), full, MAX_ITERS, draws, budget, spent, probe_cost, sharpness)
     left = budget - spent
     ladder = [full]
     while ladder[-1] > MIN_BATCH:

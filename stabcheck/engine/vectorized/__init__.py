@@ -25,10 +25,12 @@ Probes that share a batch size share every tensor shape, so their models can be 
 The records it produces have exactly the sequential engine's layout (``engine=
 "vectorized"``); ``tests/engine/test_vectorized.py`` checks that the traces agree.
 
-What it cannot run falls back to the sequential engine with a one-line reason
-(:func:`select_engine`, :mod:`.eligibility`): optimizers without a stacked update, BatchNorm
-running statistics, parameters without gradients, anything ``vmap`` refuses, and models whose
-trial step under ``vmap`` disagrees with the sequential engine's.
+Buffers (BatchNorm running statistics) are stacked like parameters and updated in place
+under ``vmap``, each member's own row. What it cannot run falls back to the sequential engine
+with a one-line reason (:func:`select_engine`, :mod:`.eligibility`): optimizers without a
+stacked update, cumulative BatchNorm (``momentum=None``), parameters without gradients,
+anything ``vmap`` refuses, and models whose trial step under ``vmap`` disagrees with the
+sequential engine's for any of the (up to three) trial members.
 
 Modules, leaves first: :mod:`.layout` and :mod:`.scaler`, :mod:`.stacked` (the stacked state
 and step), :mod:`.memory`, :mod:`.eligibility`, :mod:`.replay`, :mod:`.engine`,
@@ -43,6 +45,7 @@ from __future__ import annotations
 from stabcheck.engine.vectorized.eligibility import (
     model_reason,
     optimizer_reason,
+    vectorized_choice,
     vectorized_reason,
 )
 from stabcheck.engine.vectorized.engine import VectorizedEngine
@@ -51,4 +54,5 @@ from stabcheck.engine.vectorized.select import select_engine
 from stabcheck.engine.vectorized.stacked import GRAD_MODES, CohortRun, Ineligible
 
 __all__ = ["GRAD_MODES", "CohortRun", "Ineligible", "VectorizedEngine", "max_members",
-           "model_reason", "optimizer_reason", "select_engine", "vectorized_reason"]
+           "model_reason", "optimizer_reason", "select_engine", "vectorized_choice",
+           "vectorized_reason"]

@@ -19,6 +19,13 @@ class Swap:
     What ``torch.func.functional_call`` does, minus its per-call bookkeeping (which costs
     more than a tiny model's forward): the slots every tensor occupies — several, for tied
     weights — are found once, then each call swaps the tensors in and back out.
+
+    An :class:`~torch.nn.Embedding` with a ``padding_idx`` runs without it, on its weight
+    with the padding row's gradient blocked (the same forward and backward, in that slot
+    only, so a tied output layer still trains the row): ``vmap``'s batching rule for
+    ``embedding`` offsets each member's indices into one stacked table but leaves
+    ``padding_idx`` as is, so every member but the first would train its padding row (with
+    Hugging Face's zero-initialised padding rows under RMSNorm: 100x gradient norms).
     """
 
     def __init__(self, base: nn.Module) -> None:
@@ -26,27 +33,50 @@ class Swap:
         canonical: dict[int, str] = {}
         for name, t in [*base.named_parameters(), *base.named_buffers()]:
             canonical.setdefault(id(t), name)
-        self.slots: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        # name -> its slots: (the module's tensor dict, attribute, the padded Embedding or None)
+        self.slots: dict[str, list[tuple[dict[str, Any], str, nn.Embedding | None]]] = {}
         for kind in ("_parameters", "_buffers"):
             for _, module in base.named_modules(remove_duplicate=False):
                 for attr, t in getattr(module, kind).items():
                     if t is None or id(t) not in canonical:
                         continue
+                    padded = module if (kind == "_parameters" and attr == "weight"
+                                        and isinstance(module, nn.Embedding)
+                                        and module.padding_idx is not None) else None
                     self.slots.setdefault(canonical[id(t)], []).append(
-                        (getattr(module, kind), attr))
+                        (getattr(module, kind), attr, padded))
+        self._masks: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _unpadded(self, module: nn.Embedding, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` unchanged in value, with no gradient into ``module``'s padding row."""
+        key = (id(module), weight.device)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = torch.zeros(module.num_embeddings, 1, dtype=torch.bool, device=weight.device)
+            mask[module.padding_idx] = True
+            self._masks[key] = mask
+        return torch.where(mask, weight.detach(), weight)
 
     def call(self, tensors: dict[str, torch.Tensor], args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Any:
-        saved = []
+        saved: list[tuple[dict[str, Any], str, Any]] = []
+        padded: list[tuple[nn.Embedding, int | None]] = []
         try:
             for name, value in tensors.items():
-                for store, attr in self.slots[name]:
+                for store, attr, module in self.slots[name]:
                     saved.append((store, attr, store[attr]))
-                    store[attr] = value
+                    if module is not None:
+                        padded.append((module, module.padding_idx))
+                        store[attr] = self._unpadded(module, value)
+                        module.padding_idx = None
+                    else:
+                        store[attr] = value
             return self.base(*args, **kwargs)
         finally:
             for store, attr, original in reversed(saved):
                 store[attr] = original
+            for module, row in reversed(padded):
+                module.padding_idx = row
 
 
 class Bound:

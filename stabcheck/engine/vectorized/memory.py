@@ -54,7 +54,7 @@ def _activation_bytes(problem: Problem, data: TensorData, batch_size: int) -> in
 
 
 def max_members(problem: Problem, settings: EngineSettings, data: TensorData,
-                probes: Sequence[ProbeSpec]) -> int:
+                probes: Sequence[ProbeSpec], math_attention: bool = False) -> int:
     """How many members of this batch size fit in memory at once.
 
     On CUDA the per-member cost is measured: one real step of a 1-member and a 2-member
@@ -73,7 +73,8 @@ def max_members(problem: Problem, settings: EngineSettings, data: TensorData,
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
             run = CohortRun(problem, probes[:size], EngineSettings(
-                steps=2, dtype=settings.dtype, grad_clip=settings.grad_clip), data)
+                steps=2, dtype=settings.dtype, grad_clip=settings.grad_clip), data,
+                math_attention=math_attention)
             run.step(0)
             run.step(1)
             torch.cuda.synchronize(device)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from stabcheck.engine.base import ENGINE_CHOICES, Engine, EngineSettings
 from stabcheck.engine.sequential import SequentialEngine
-from stabcheck.engine.vectorized.eligibility import vectorized_reason
+from stabcheck.engine.vectorized.eligibility import vectorized_choice
 from stabcheck.engine.vectorized.engine import VectorizedEngine
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData
@@ -24,7 +24,7 @@ def select_engine(problem: Problem, requested: str, settings: EngineSettings,
         raise ValueError(f"unknown engine {requested!r}; expected one of {ENGINE_CHOICES}")
     if requested == "sequential":
         return SequentialEngine(), None
-    reason = vectorized_reason(problem, settings, data, probes)
+    reason, options = vectorized_choice(problem, settings, data, probes)
     if reason is None:
-        return VectorizedEngine(), None
+        return VectorizedEngine(**options), None
     return SequentialEngine(fallback_reason=reason), f"sequential engine used: {reason}"

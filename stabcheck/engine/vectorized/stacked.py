@@ -10,12 +10,14 @@ handful of whole-cohort tensor operations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.func import grad_and_value, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from stabcheck import optimizers
 from stabcheck.engine.base import EngineSettings
@@ -52,8 +54,13 @@ class CohortRun:
     """The stacked state of one cohort, steppable one instrumented step at a time."""
 
     def __init__(self, problem: Problem, probes: Sequence[ProbeSpec], settings: EngineSettings,
-                 data: TensorData, grad_mode: str = "sum", compile_step: bool = False) -> None:
+                 data: TensorData, grad_mode: str = "sum", compile_step: bool = False,
+                 math_attention: bool = False) -> None:
         self.problem, self.settings, self.data = problem, settings, data
+        # scaled_dot_product_attention through its composite (math) kernel: under vmap the
+        # fused CPU kernel is chosen even for a mask that needs a gradient (T5's position
+        # bias), which it cannot give; the eligibility trial turns this on where it helps.
+        self.math_attention = math_attention
         self.probes = list(probes)
         self.device = device = problem.device
         self.grad_mode = grad_mode
@@ -75,7 +82,11 @@ class CohortRun:
             for name, _ in [*self.base.named_parameters(), *self.base.named_buffers()]:
                 if name not in trainable:
                     consts[name] = torch.stack([tensor_of(m, name).detach() for m in models])
+        # What the stacked members carry besides their trainable parameters: frozen parameters
+        # and buffers, stacked too; buffers (BatchNorm running statistics) are updated in
+        # place under vmap, each member's own row.
         self.consts = consts
+        self._buffers = {name for name, _ in self.base.named_buffers()}
         self._spare = torch.empty_like(self.flat)   # the next step's parameters go here
         self._delta = torch.empty_like(self.flat)   # and the update, to measure it
         self.flat.requires_grad_(grad_mode == "sum")
@@ -110,7 +121,9 @@ class CohortRun:
 
     def _member_loss(self, params: dict[str, torch.Tensor], consts: dict[str, torch.Tensor],
                      batch: Batch) -> torch.Tensor:
-        with autocast(self.device, self.settings.dtype):
+        attention = sdpa_kernel(SDPBackend.MATH) if self.math_attention \
+            else contextlib.nullcontext()
+        with autocast(self.device, self.settings.dtype), attention:
             loss = self.problem.loss_fn(Bound(self.swap, {**params, **consts}), batch)  # type: ignore[arg-type]
         return loss.float().reshape(())
 
@@ -257,6 +270,8 @@ class CohortRun:
     def snapshot(self) -> dict[str, Any]:
         """Weights and optimizer state of every live member, to replay a failing step."""
         return {"step": self.steps_done, "flat": self.flat.detach().clone(),
+                "consts": {k: v.clone() if k in self._buffers else v
+                           for k, v in self.consts.items()},
                 "members": list(self.members), "optimizer": self.optimizer.snapshot(),
                 "scaler": self.scaler.snapshot() if self.scaler is not None else None}
 
@@ -270,6 +285,8 @@ class CohortRun:
         with torch.no_grad():
             for name, (lo, hi) in slices.items():
                 named[name].copy_(snap["flat"][pos, lo:hi].view_as(named[name]))
+            for name, stacked in snap["consts"].items():  # BatchNorm statistics, frozen weights
+                tensor_of(probe.model, name).copy_(stacked[pos])
         self.optimizer.load_into(probe.optimizer, snap["optimizer"], pos, slices, named)
         if snap.get("scaler") is not None:
             probe.scaler.load_state_dict(StackedScaler.state_dict(snap["scaler"], pos))
