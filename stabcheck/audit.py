@@ -38,7 +38,8 @@ from stabcheck.journal import (
     lock_directory,
     read_journal,
 )
-from stabcheck.plan import config_digest, make_cohorts, plan_probes
+from stabcheck.phases import CohortWatch
+from stabcheck.plan import Cohort, config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
 from stabcheck.project import project_defaults
 from stabcheck.records import ProbeRecord
@@ -130,6 +131,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     # user code (which may itself be slow or hang).
     with lock_directory(out_dir):
         try:
+            options.progress.phase("building the model and data")
             with user_code_exits("building the model, data or loss"):
                 problem = build_problem(loaded)  # imports user code, after the schema validated
             for note in problem.notes:
@@ -215,19 +217,25 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
     with control.installed():
         try:
             data = problem.data.to(problem.device)
+            cohorts = make_cohorts(todo)
+            watch = CohortWatch(cohorts, together=False)  # (set once the engine is chosen)
 
             def on_record(record: ProbeRecord) -> None:
                 with control.critical():  # a forced stop never cuts a journal line
                     journal.append_probe(record)  # durable before anything else happens
                 done.add(record.key)
+                watch.finished(record.index)
+                control.waiting_for = watch.waiting_for()
                 progress.probe_done(record)
 
             for seed in sorted({p.seed for p in probes} - set(contents.init)):
                 if control.stop_requested:
                     break
-                progress.phase(f"init checks and curvature at init, seed {seed}")
+                progress.phase(f"init checks, seed {seed}")
+                control.waiting_for = f"the init checks of seed {seed}"
                 with time_limit(settings.timeout_s, f"the init checks of seed {seed}"):
                     report = initial_checks(problem, seed, data)
+                    progress.phase(f"curvature at init, seed {seed}")
                     report["curvature"] = {"error": CUSTOM_NO_CURVATURE} if problem.step_fn \
                         else init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
                                             cfg.probe.curvature_batch or PROBE_BATCH)
@@ -254,13 +262,20 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                 # Probes run in workers with their own copy: give this one's device memory back.
                 data = problem.data
                 free_memory(problem.device)
+            watch.together = bool(getattr(engine, "runs_cohort_together", False))
+
+            def on_cohort(cohort: Cohort) -> None:
+                progress.phase(watch.started(cohort))
+                control.waiting_for = watch.waiting_for()
+
             job = Job(loaded=loaded, problem=problem, data=data, engine=engine,
-                      settings=settings, keys=keys, setup_s=setup_s, on_note=on_note)
+                      settings=settings, keys=keys, setup_s=setup_s, on_note=on_note,
+                      on_cohort=on_cohort)
             if not control.stop_requested:
-                progress.phase(f"training {len(todo)} probes: engine "
-                               f"{getattr(engine, 'name', type(engine).__name__)}, executor "
-                               f"{type(executor).__name__}")
-                executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
+                progress.phase(f"training {len(todo)} probes in {len(cohorts)} cohort(s): "
+                               f"engine {getattr(engine, 'name', type(engine).__name__)}, "
+                               f"executor {type(executor).__name__}")
+                executor.run(job, cohorts, on_record, progress.steps, control)
             control.settle()
             # A Ctrl-C that came after the last probe had finished interrupted nothing.
             interrupted = control.stop_requested and len(done) < len(probes)
@@ -279,6 +294,7 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                        "the report is INCOMPLETE")
             with control.critical():
                 journal.append_event({"event": "interrupted", "message": message})
+        progress.phase("report")
         result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
                         exit_zero=options.exit_zero, fail_on=options.fail_on,
                         wall_time_s=time.perf_counter() - started)

@@ -252,6 +252,7 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
     with user_output_to_stderr():  # user code's print() must not break --format json
         result, results_dir = run_audit(loaded, options)
     emit(result, fmt, outputs, traces, console, quiet, png_dir)
+    progress.finish()  # -v: the time of each phase, the report's included
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
     return result.exit_code

@@ -273,13 +273,26 @@ def test_help_lists_commands_in_whole_sentences(runner: CliRunner) -> None:
         assert line.rstrip().endswith("."), line
 
 
-def test_verbose_audit_names_its_phases_engine_and_executor(runner: CliRunner, write_config,
-                                                            tmp_path: Path) -> None:
-    result = invoke(runner, "audit", write_config(), "--out", tmp_path / "r", "-v",
-                    "--format", "text")
+def test_verbose_audit_names_its_phases_cohorts_and_their_timings(runner: CliRunner,
+                                                                   write_config,
+                                                                   tmp_path: Path) -> None:
+    path = write_config({"sweep": {"seeds": [0], "batch_sizes": [8, 16]}})
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r", "-v", "--format", "text")
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert any(line.startswith("-- init checks and curvature at init, seed ") for line in lines)
-    training = [line for line in lines if line.startswith("-- training 4 probes: engine ")]
-    assert training and "executor" in training[0]
+    phases = [line[3:] for line in lines if line.startswith("-- ")]
+    assert phases[:3] == ["building the model and data", "init checks, seed 0",
+                          "curvature at init, seed 0"]
+    assert phases[3].startswith("training 4 probes in 2 cohort(s): engine ")
+    assert "executor" in phases[3]
+    assert phases[4:] == ["cohort 1 of 2 (2 members: bs=8, lr 0.01 to 0.1, seed 0)",
+                          "cohort 2 of 2 (2 members: bs=16, lr 0.01 to 0.1, seed 0)", "report"]
     assert sum(1 for line in lines if re.match(r"\[\d/4\] ", line)) == 4  # per-probe lines
+    timings = [line for line in lines if line.startswith("timings: ")]
+    assert len(timings) == 1 and lines.index(timings[0]) > lines.index("-- report")
+    spent = re.findall(r"([a-z ]+) (\d+\.\d\d)s", timings[0][len("timings: "):])
+    assert [name.strip(" ·") for name, _ in spent] == [
+        "building", "init checks", "curvature at init", "training", "report"]
+    assert all(float(seconds) >= 0 for _, seconds in spent)
+    quiet = invoke(runner, "audit", path, "--out", tmp_path / "q", "--format", "text")
+    assert not any(line.startswith("timings: ") for line in quiet.stderr.splitlines())
