@@ -296,3 +296,25 @@ def test_verbose_audit_names_its_phases_cohorts_and_their_timings(runner: CliRun
     assert all(float(seconds) >= 0 for _, seconds in spent)
     quiet = invoke(runner, "audit", path, "--out", tmp_path / "q", "--format", "text")
     assert not any(line.startswith("timings: ") for line in quiet.stderr.splitlines())
+
+
+@pytest.mark.slow
+def test_first_ctrl_c_says_what_it_waits_for_in_a_ci_log(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.test_interrupt import log_of, start, wait_for_probes, write
+
+    config = write(tmp_path, {"step_sleep": 0.05})  # about 1 s per probe, 5 probes
+    out = tmp_path / "r"
+    proc = start(config, out, "--engine", "sequential", "--executor", "local")
+    wait_for_probes(proc, out, 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log_of(out)
+    lines = log_of(out).splitlines()
+    said = [line for line in lines if line.startswith("stabcheck: stopping: ")]
+    assert len(said) == 1, lines
+    assert re.fullmatch(r"stabcheck: stopping: waiting up to 5s for probe lr=0\.0\d seed=0 "
+                        r"bs=16 \(cohort 1 of 1\) to finish, then writing a partial report; "
+                        r"Ctrl-C again to abort now\.", said[0]), said[0]
+    assert "\x1b[" not in log_of(out)  # a CI log: plain lines
