@@ -318,3 +318,38 @@ def test_first_ctrl_c_says_what_it_waits_for_in_a_ci_log(tmp_path: Path) -> None
                         r"bs=16 \(cohort 1 of 1\) to finish, then writing a partial report; "
                         r"Ctrl-C again to abort now\.", said[0]), said[0]
     assert "\x1b[" not in log_of(out)  # a CI log: plain lines
+
+
+@pytest.fixture
+def refuse_import(monkeypatch: pytest.MonkeyPatch):
+    """``refuse_import("pyarrow")``: importing that package (or a submodule) fails from now."""
+    import builtins
+
+    real_import = builtins.__import__
+    refused: list[str] = []
+
+    def guarded(name: str, *args, **kwargs):
+        if any(name == r or name.startswith(r + ".") for r in refused):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    return refused.append
+
+
+@pytest.mark.parametrize(("flag", "value", "package", "needs"), [
+    ("--traces", "traces.parquet", "pyarrow", "Parquet needs pyarrow"),
+    ("--png", "plots", "matplotlib", "PNG plots need matplotlib"),
+])
+def test_missing_optional_dependency_is_one_line_before_any_probe(
+        runner: CliRunner, write_config, tmp_path: Path, refuse_import, flag: str, value: str,
+        package: str, needs: str) -> None:
+    path = write_config()  # a valid config: without the check, its probes would train
+    target = tmp_path / value
+    refuse_import(package)
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r", flag, target)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(f"error: {flag} {target}: {needs}: pip install ")
+    assert not (tmp_path / "r").exists() and not target.exists()  # nothing ran, nothing made
+    assert result.stdout == ""
