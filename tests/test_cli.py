@@ -353,3 +353,22 @@ def test_missing_optional_dependency_is_one_line_before_any_probe(
     assert result.stderr.startswith(f"error: {flag} {target}: {needs}: pip install ")
     assert not (tmp_path / "r").exists() and not target.exists()  # nothing ran, nothing made
     assert result.stdout == ""
+
+
+@pytest.mark.slow
+def test_the_init_starter_comes_out_clean_on_its_first_run(runner: CliRunner,
+                                                           tmp_path: Path) -> None:
+    target = tmp_path / "stabcheck.yaml"
+    assert invoke(runner, "init", target).exit_code == 0
+    # as written, on one seed of three (4 probes instead of 24)
+    result = invoke(runner, "audit", target, "--out", tmp_path / "r", "--seeds", "0",
+                    "--format", "text", "-o", f"json={tmp_path / 'report.json'}")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    lowest = min(p["lr"] for p in report["probes"])
+    assert {p["status"] for p in report["probes"] if p["lr"] == lowest} == {"healthy"}
+    assert {p["status"] for p in report["probes"]} == {"healthy"}
+    assert not [f for f in report["findings"] if f["severity"] != "info"]
+    assert not [f for f in report["findings"] if f["code"] == "SC401"]  # no clip on most steps
+    sigmas = [float(s) for s in re.findall(r"([\d.]+) sigma", result.stderr)]
+    assert all(s < 1000 for s in sigmas), sigmas  # no z-score from a degenerate spread
