@@ -49,3 +49,14 @@ def test_readme_sample_output_is_a_real_run(tmp_path: Path) -> None:
         readme = README.read_text(encoding="utf-8")
     assert readme == expected, ("README.md's sample output is not what a run prints now; "
                                 "rewrite it with STABCHECK_UPDATE_README=1")
+
+
+def test_the_report_pictures_are_linked_and_small() -> None:
+    page = (ROOT / "docs" / "reports.md").read_text(encoding="utf-8")
+    pictures = sorted((ROOT / "docs" / "img").iterdir())
+    assert {p.name for p in pictures} >= {"terminal-report.svg", "terminal-80-columns.svg"}
+    for picture in pictures:
+        assert f"](img/{picture.name})" in page, f"docs/reports.md does not show {picture.name}"
+        assert picture.stat().st_size < 200_000, f"{picture.name} is over 200 KB"
+    for name in ("terminal-report.svg", "terminal-80-columns.svg"):
+        assert "Verdict:" in (ROOT / "docs" / "img" / name).read_text(encoding="utf-8")
