@@ -196,8 +196,8 @@ class RichProgress:
     def phase(self, text: str) -> None:
         """Show the phase as the probes bar's description (and above it with ``-v``)."""
         self.phases.enter(text)
-        if self.probes is not None:
-            self.bar.update(self.probes, description=text)
+        if self.probes is not None:  # the bar keeps it short: "cohort 2 of 4", not its members
+            self.bar.update(self.probes, description=text.split(" (")[0].split(":")[0])
         if self.verbose:
             self.bar.console.print(f"-- {text}", markup=False, highlight=False)
 
