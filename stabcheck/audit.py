@@ -271,6 +271,7 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
             job = Job(loaded=loaded, problem=problem, data=data, engine=engine,
                       settings=settings, keys=keys, setup_s=setup_s, on_note=on_note,
                       on_cohort=on_cohort)
+            control.waiting_for = watch.waiting_for()  # no longer the init checks
             if not control.stop_requested:
                 progress.phase(f"training {len(todo)} probes in {len(cohorts)} cohort(s): "
                                f"engine {getattr(engine, 'name', type(engine).__name__)}, "

@@ -44,8 +44,8 @@ class CohortWatch:
 
     def waiting_for(self) -> str:
         """What a stop now waits for: the running cohorts, or the running probe of each."""
-        if not self.left:
-            return "the running probe"
+        if not self.left:  # between cohorts, or an executor that does not report them (ray)
+            return "the running probes"
         parts = []
         for k, probes in sorted(self.left.items()):
             if self.together:

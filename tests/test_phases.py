@@ -20,7 +20,7 @@ def test_a_vectorized_stop_waits_for_the_whole_running_cohort() -> None:
     assert watch.waiting_for() == "cohort 2 of 2 (2 probes training together)"
     watch.finished(3)
     watch.finished(4)
-    assert watch.waiting_for() == "the running probe"
+    assert watch.waiting_for() == "the running probes"
 
 
 def test_a_sequential_stop_waits_for_the_running_probe_of_each_cohort() -> None:

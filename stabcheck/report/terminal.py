@@ -81,7 +81,10 @@ class _Grid:
     """
 
     def __init__(self, result: AuditResult) -> None:
-        self.sizes, self.lrs, self.cells = plotdata.grid(result)
+        self.sizes, self.lrs, cells = plotdata.grid(result)
+        # each cell drawn once: the block layout measures several candidate tables
+        self.cells = {(bs, lr): _cell(cells.get((bs, lr), [])) for bs in self.sizes
+                      for lr in self.lrs}
 
     def table(self, lrs: list[float], title: str | None) -> Table:
         """One block: the batch-size column and the columns of ``lrs``."""
@@ -90,7 +93,7 @@ class _Grid:
         for lr in lrs:
             table.add_column(f"{lr:g}", justify="left", no_wrap=True)
         for bs in self.sizes:
-            table.add_row(str(bs), *(_cell(self.cells.get((bs, lr), [])) for lr in lrs))
+            table.add_row(str(bs), *(self.cells[(bs, lr)] for lr in lrs))
         return table
 
     def blocks(self, console: Console, options: ConsoleOptions) -> list[list[float]]:
@@ -127,9 +130,9 @@ class _Grid:
 def legend() -> Text:
     """The status symbols (one per seed in each cell) and what a cell's curve shows."""
     text = Text("", style="dim")
-    for status, (symbol, style) in SYMBOLS.items():
-        text.append(symbol, style=style)
-        text.append(f" {STATUS_WORDS[status]}  ")
+    for i, (status, (symbol, style)) in enumerate(SYMBOLS.items()):
+        text.append(("  " if i else "") + symbol, style=style)
+        text.append(f" {STATUS_WORDS[status]}")
     text.append("\n– no probe; curve: median loss over seeds, log scale, × non-finite")
     return text
 
