@@ -296,6 +296,8 @@ def test_verbose_audit_names_its_phases_cohorts_and_their_timings(runner: CliRun
     assert all(float(seconds) >= 0 for _, seconds in spent)
     quiet = invoke(runner, "audit", path, "--out", tmp_path / "q", "--format", "text")
     assert not any(line.startswith("timings: ") for line in quiet.stderr.splitlines())
+    # without -v, building is not announced: a config error there stays one line
+    assert "-- building" not in quiet.stderr and "-- init checks, seed 0" in quiet.stderr
 
 
 @pytest.mark.slow

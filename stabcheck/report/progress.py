@@ -78,13 +78,15 @@ class PhaseClock:
         self.current: str | None = None
         self.since = time.monotonic()
 
-    def enter(self, text: str) -> None:
-        """A phase line was shown: charge the time so far to the phase it ends."""
+    def enter(self, text: str) -> str | None:
+        """A phase line was shown: charge the time so far to the phase it ends; return the
+        phase the line starts."""
         kind = next((k for prefix, k in PHASES if text.startswith(prefix)), None)
         if kind is None:
-            return  # not a phase of its own (a note-like line): the current one goes on
+            return None  # not a phase of its own (a note-like line): the current one goes on
         self._close()
         self.current = kind
+        return kind
 
     def _close(self) -> None:
         now = time.monotonic()
@@ -134,8 +136,12 @@ class PlainProgress:
                            f"{self.clock.summary()}", highlight=False, markup=False)
 
     def phase(self, text: str) -> None:
-        """Say what the audit is doing now (init checks, the cohort that trains, ...)."""
-        self.phases.enter(text)
+        """Say what the audit is doing now (init checks, the cohort that trains, ...).
+
+        "building" shows with ``-v`` only: a config or user-code error while building stays
+        the one line that says what is wrong."""
+        if self.phases.enter(text) == "building" and not self.verbose:
+            return
         self.console.print(f"-- {text}", highlight=False, markup=False)
 
     def note(self, message: str) -> None:
