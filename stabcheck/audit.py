@@ -39,7 +39,8 @@ from stabcheck.journal import (
     lock_directory,
     read_journal,
 )
-from stabcheck.plan import config_digest, make_cohorts, plan_probes
+from stabcheck.phases import CohortWatch
+from stabcheck.plan import Cohort, config_digest, make_cohorts, plan_probes
 from stabcheck.problem import build_problem
 from stabcheck.project import project_defaults
 from stabcheck.records import ProbeRecord
@@ -131,6 +132,7 @@ def run_audit(loaded: LoadedConfig, options: AuditOptions | None = None) -> tupl
     # user code (which may itself be slow or hang).
     with lock_directory(out_dir):
         try:
+            options.progress.phase("building the model and data")
             with user_code_exits("building the model, data or loss"):
                 problem = build_problem(loaded)  # imports user code, after the schema validated
             for note in problem.notes:
@@ -216,16 +218,24 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
     with control.installed():
         try:
             data = problem.data.to(problem.device)
+            cohorts = make_cohorts(todo)
+            watch = CohortWatch(cohorts, together=False)  # (set once the engine is chosen)
 
             def on_record(record: ProbeRecord) -> None:
                 with control.critical():  # a forced stop never cuts a journal line
                     journal.append_probe(record)  # durable before anything else happens
                 done.add(record.key)
+                watch.finished(record.index)
+                control.waiting_for = watch.waiting_for()
                 progress.probe_done(record)
 
             def on_init(seed: int, report: dict[str, Any]) -> None:
                 with control.critical():
                     journal.append_init(seed, report)
+
+            def init_phase(text: str) -> None:  # "init checks, seed 1", "curvature at init, ..."
+                progress.phase(text)
+                control.waiting_for = f"the {text}"
 
             def on_event(message: str) -> None:
                 with control.critical():
@@ -238,7 +248,7 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
             pending = sorted({p.seed for p in probes} - set(contents.init))
             run_init_phase(problem, cfg, data, pending,
                            float(sum(p.batch_size for p in probes) * settings.steps),
-                           contents.init, on_init, on_event, progress.phase,
+                           contents.init, on_init, on_event, init_phase,
                            lambda: control.stop_requested, settings.timeout_s)
             if problem.step_fn is not None:
                 # Custom steps always run sequentially (stabcheck.engine.custom).
@@ -261,13 +271,21 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                 # Probes run in workers with their own copy: give this one's device memory back.
                 data = problem.data
                 free_memory(problem.device)
+            watch.together = bool(getattr(engine, "runs_cohort_together", False))
+
+            def on_cohort(cohort: Cohort) -> None:
+                progress.phase(watch.started(cohort))
+                control.waiting_for = watch.waiting_for()
+
             job = Job(loaded=loaded, problem=problem, data=data, engine=engine,
-                      settings=settings, keys=keys, setup_s=setup_s, on_note=on_note)
+                      settings=settings, keys=keys, setup_s=setup_s, on_note=on_note,
+                      on_cohort=on_cohort)
+            control.waiting_for = watch.waiting_for()  # no longer the init checks
             if not control.stop_requested:
-                progress.phase(f"training {len(todo)} probes: engine "
-                               f"{getattr(engine, 'name', type(engine).__name__)}, executor "
-                               f"{type(executor).__name__}")
-                executor.run(job, make_cohorts(todo), on_record, progress.steps, control)
+                progress.phase(f"training {len(todo)} probes in {len(cohorts)} cohort(s): "
+                               f"engine {getattr(engine, 'name', type(engine).__name__)}, "
+                               f"executor {type(executor).__name__}")
+                executor.run(job, cohorts, on_record, progress.steps, control)
             control.settle()
             # A Ctrl-C that came after the last probe had finished interrupted nothing.
             interrupted = control.stop_requested and len(done) < len(probes)
@@ -286,6 +304,7 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
                        "the report is INCOMPLETE")
             with control.critical():
                 journal.append_event({"event": "interrupted", "message": message})
+        progress.phase("report")
         result = finish(out_dir, read_journal(out_dir), interrupted=interrupted,
                         exit_zero=options.exit_zero, fail_on=options.fail_on,
                         wall_time_s=time.perf_counter() - started)

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from stabcheck import __version__
-from stabcheck.cli_checks import check_outputs, finite
+from stabcheck.cli_checks import check_optional_dependencies, check_outputs, finite
 from stabcheck.cli_output import all_formats, emit, human_style, run_predict_only, stderr_console
 from stabcheck.engine import ENGINE_CHOICES
 from stabcheck.errors import (
@@ -223,10 +223,8 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
     if resume and out_dir is None:
         raise click.UsageError("--resume needs the results directory: --resume DIR")
     check_outputs(outputs, traces, out_dir)  # before the audit, not after it has run
+    check_optional_dependencies(traces, png_dir)
     if png_dir is not None:
-        from stabcheck.report.png import figure_class
-
-        figure_class()
         with writing(png_dir):
             png_dir.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, Any] = {}
@@ -252,6 +250,7 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
     with user_output_to_stderr():  # user code's print() must not break --format json
         result, results_dir = run_audit(loaded, options)
     emit(result, fmt, outputs, traces, console, quiet, png_dir)
+    progress.finish()  # -v: the time of each phase, the report's included
     if not quiet:
         console.print(f"results: {results_dir}", highlight=False, markup=False)
     return result.exit_code
@@ -345,6 +344,7 @@ def report(results_dir: Path, fmt: str | None, outputs: tuple[tuple[str | None, 
     from stabcheck.result import build_result
 
     check_outputs(outputs, traces, results_dir)
+    check_optional_dependencies(traces, png_dir)
     result = build_result(read_journal(results_dir), exit_zero=exit_zero, fail_on=fail_on)
     emit(result, fmt, outputs, traces, stderr_console(plain=not human_style(fmt)), quiet,
          png_dir)

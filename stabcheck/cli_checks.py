@@ -35,6 +35,19 @@ def check_outputs(outputs: tuple[tuple[str | None, Path], ...], traces: Path | N
         _check_writable(path, flag)
 
 
+def check_optional_dependencies(traces: Path | None, png_dir: Path | None) -> None:
+    """Before any work: ``--traces x.parquet`` has pyarrow and ``--png`` has matplotlib (a
+    missing one is a one-line error, exit 2, not a failure after the probes have run)."""
+    if traces is not None:
+        from stabcheck.report.traces import check_parquet
+
+        check_parquet(traces, f"--traces {traces}")
+    if png_dir is not None:
+        from stabcheck.report.png import figure_class
+
+        figure_class(f"--png {png_dir}")
+
+
 def _check_writable(path: Path, flag: str) -> None:
     with writing(path):
         if path.is_dir():

@@ -73,12 +73,13 @@ def run_init_phase(problem: Problem, cfg: AuditConfig, data: TensorData, seeds: 
     for seed in seeds:
         if stop_requested():
             break
-        phase(f"init checks{' and curvature at init' if plan else ''}, seed {seed}")
+        phase(f"init checks, seed {seed}")
         with time_limit(timeout_s, f"the init checks of seed {seed}"):
             report = initial_checks(problem, seed, data)
             if problem.step_fn is not None:
                 report["curvature"] = {"error": CUSTOM_NO_CURVATURE}
             elif plan is not None:
+                phase(f"curvature at init, seed {seed}")
                 report["curvature"] = init_curvature(problem, seed, data, cfg.sweep.batch_sizes,
                                                      plan.batch, plan=plan,
                                                      noise=not noise_done)

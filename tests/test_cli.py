@@ -273,13 +273,104 @@ def test_help_lists_commands_in_whole_sentences(runner: CliRunner) -> None:
         assert line.rstrip().endswith("."), line
 
 
-def test_verbose_audit_names_its_phases_engine_and_executor(runner: CliRunner, write_config,
-                                                            tmp_path: Path) -> None:
-    result = invoke(runner, "audit", write_config(), "--out", tmp_path / "r", "-v",
-                    "--format", "text")
+def test_verbose_audit_names_its_phases_cohorts_and_their_timings(runner: CliRunner,
+                                                                   write_config,
+                                                                   tmp_path: Path) -> None:
+    path = write_config({"sweep": {"seeds": [0], "batch_sizes": [8, 16]}})
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r", "-v", "--format", "text")
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert any(line.startswith("-- init checks and curvature at init, seed ") for line in lines)
-    training = [line for line in lines if line.startswith("-- training 4 probes: engine ")]
-    assert training and "executor" in training[0]
+    phases = [line[3:] for line in lines if line.startswith("-- ")]
+    assert phases[:3] == ["building the model and data", "init checks, seed 0",
+                          "curvature at init, seed 0"]
+    assert phases[3].startswith("training 4 probes in 2 cohort(s): engine ")
+    assert "executor" in phases[3]
+    assert phases[4:] == ["cohort 1 of 2 (2 members: bs=8, lr 0.01 to 0.1, seed 0)",
+                          "cohort 2 of 2 (2 members: bs=16, lr 0.01 to 0.1, seed 0)", "report"]
     assert sum(1 for line in lines if re.match(r"\[\d/4\] ", line)) == 4  # per-probe lines
+    timings = [line for line in lines if line.startswith("timings: ")]
+    assert len(timings) == 1 and lines.index(timings[0]) > lines.index("-- report")
+    spent = re.findall(r"([a-z ]+) (\d+\.\d\d)s", timings[0][len("timings: "):])
+    assert [name.strip(" ·") for name, _ in spent] == [
+        "building", "init checks", "curvature at init", "training", "report"]
+    assert all(float(seconds) >= 0 for _, seconds in spent)
+    quiet = invoke(runner, "audit", path, "--out", tmp_path / "q", "--format", "text")
+    assert not any(line.startswith("timings: ") for line in quiet.stderr.splitlines())
+    # without -v, building is not announced: a config error there stays one line
+    assert "-- building" not in quiet.stderr and "-- init checks, seed 0" in quiet.stderr
+
+
+@pytest.mark.slow
+def test_first_ctrl_c_says_what_it_waits_for_in_a_ci_log(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.test_interrupt import log_of, start, wait_for_probes, write
+
+    config = write(tmp_path, {"step_sleep": 0.05})  # about 1 s per probe, 5 probes
+    out = tmp_path / "r"
+    proc = start(config, out, "--engine", "sequential", "--executor", "local")
+    wait_for_probes(proc, out, 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log_of(out)
+    lines = log_of(out).splitlines()
+    said = [line for line in lines if line.startswith("stabcheck: stopping: ")]
+    assert len(said) == 1, lines
+    assert re.fullmatch(r"stabcheck: stopping: waiting up to 5s for probe lr=0\.0\d seed=0 "
+                        r"bs=16 \(cohort 1 of 1\) to finish, then writing a partial report; "
+                        r"Ctrl-C again to abort now\.", said[0]), said[0]
+    assert "\x1b[" not in log_of(out)  # a CI log: plain lines
+
+
+@pytest.fixture
+def refuse_import(monkeypatch: pytest.MonkeyPatch):
+    """``refuse_import("pyarrow")``: importing that package (or a submodule) fails from now."""
+    import builtins
+
+    real_import = builtins.__import__
+    refused: list[str] = []
+
+    def guarded(name: str, *args, **kwargs):
+        if any(name == r or name.startswith(r + ".") for r in refused):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    return refused.append
+
+
+@pytest.mark.parametrize(("flag", "value", "package", "needs"), [
+    ("--traces", "traces.parquet", "pyarrow", "Parquet needs pyarrow"),
+    ("--png", "plots", "matplotlib", "PNG plots need matplotlib"),
+])
+def test_missing_optional_dependency_is_one_line_before_any_probe(
+        runner: CliRunner, write_config, tmp_path: Path, refuse_import, flag: str, value: str,
+        package: str, needs: str) -> None:
+    path = write_config()  # a valid config: without the check, its probes would train
+    target = tmp_path / value
+    refuse_import(package)
+    result = invoke(runner, "audit", path, "--out", tmp_path / "r", flag, target)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(f"error: {flag} {target}: {needs}: pip install ")
+    assert not (tmp_path / "r").exists() and not target.exists()  # nothing ran, nothing made
+    assert result.stdout == ""
+
+
+@pytest.mark.slow
+def test_the_init_starter_comes_out_clean_on_its_first_run(runner: CliRunner,
+                                                           tmp_path: Path) -> None:
+    target = tmp_path / "stabcheck.yaml"
+    assert invoke(runner, "init", target).exit_code == 0
+    # as written, on one seed of three (4 probes instead of 24)
+    result = invoke(runner, "audit", target, "--out", tmp_path / "r", "--seeds", "0",
+                    "--format", "text", "-o", f"json={tmp_path / 'report.json'}")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    lowest = min(p["lr"] for p in report["probes"])
+    assert {p["status"] for p in report["probes"] if p["lr"] == lowest} == {"healthy"}
+    assert {p["status"] for p in report["probes"]} == {"healthy"}
+    assert not [f for f in report["findings"] if f["severity"] != "info"]
+    assert not [f for f in report["findings"] if f["code"] == "SC401"]  # no clip on most steps
+    sigmas = [float(s) for s in re.findall(r"([\d.]+) sigma", result.stderr)]
+    assert all(s < 1000 for s in sigmas), sigmas  # no z-score from a degenerate spread

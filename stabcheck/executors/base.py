@@ -58,6 +58,7 @@ class Job:
     keys: dict[int, str]
     setup_s: float = 0.0  # how long building the problem took in this process
     on_note: NoteSink | None = None  # one-line notes from the engine, wherever it runs
+    on_cohort: Callable[[Cohort], None] | None = None  # a cohort (or what is left of it) starts
 
 
 class Executor(Protocol):
@@ -79,6 +80,8 @@ class Interrupts:
     def __init__(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         self.grace_s = grace_s
         self.stop_requested = False
+        # What a first Ctrl-C waits for, in words (the audit keeps it current).
+        self.waiting_for = "the running probe"
         self.forced = False
         self._critical = 0
         self._pending = False
@@ -118,8 +121,8 @@ class Interrupts:
             return  # already stopping as fast as it can; let the partial report be written
         if not self.stop_requested:
             self.stop_requested = True
-            _say(f"\nstabcheck: interrupted; finishing the running probe (up to "
-                 f"{self.grace_s:g}s), then writing a partial report. Ctrl-C again to stop now.")
+            _say(f"\nstabcheck: stopping: waiting up to {self.grace_s:g}s for {self.waiting_for} "
+                 "to finish, then writing a partial report; Ctrl-C again to abort now.")
             self._timer = threading.Timer(self.grace_s, self._grace_over)
             self._timer.daemon = True
             self._timer.start()

@@ -24,12 +24,12 @@ if TYPE_CHECKING:
 MISSING = "PNG plots need matplotlib: pip install 'stabcheck[plots]'"
 
 
-def figure_class() -> Any:
+def figure_class(flag: str = "") -> Any:
     """matplotlib's Figure, or a one-line ConfigError saying how to install it."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ConfigError(MISSING) from None
+        raise ConfigError(f"{flag}: {MISSING}" if flag else MISSING) from None
     return Figure
 
 

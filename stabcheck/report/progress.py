@@ -64,6 +64,45 @@ class StepClock:
         return f"steps {self.done}/{self.total}{tail}"
 
 
+# A phase line's opening words → the phase its time is charged to (a cohort is training).
+PHASES = (("building", "building"), ("init checks", "init checks"),
+          ("curvature at init", "curvature at init"), ("training", "training"),
+          ("cohort", "training"), ("report", "report"))
+
+
+class PhaseClock:
+    """Wall time per phase of the audit, summed over seeds and cohorts, for ``-v``."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self.current: str | None = None
+        self.since = time.monotonic()
+
+    def enter(self, text: str) -> str | None:
+        """A phase line was shown: charge the time so far to the phase it ends; return the
+        phase the line starts."""
+        kind = next((k for prefix, k in PHASES if text.startswith(prefix)), None)
+        if kind is None:
+            return None  # not a phase of its own (a note-like line): the current one goes on
+        self._close()
+        self.current = kind
+        return kind
+
+    def _close(self) -> None:
+        now = time.monotonic()
+        if self.current is not None:
+            self.spent[self.current] = self.spent.get(self.current, 0.0) + now - self.since
+        self.since = now
+
+    def summary(self) -> str:
+        """``timings: building 0.41s · init checks 1.2s · ...`` up to now."""
+        self._close()
+        self.current = None
+        names = dict.fromkeys(name for _, name in PHASES)  # in order, each once
+        return "timings: " + " · ".join(f"{name} {self.spent[name]:.2f}s" for name in names
+                                        if name in self.spent)
+
+
 class PlainProgress:
     """One line per finished probe: for CI logs and pipes (no animation)."""
 
@@ -73,6 +112,7 @@ class PlainProgress:
         self.total = 0
         self.done = 0
         self.clock = StepClock()
+        self.phases = PhaseClock()
 
     def start(self, total: int, done: int, steps_per_probe: int) -> None:
         """Announce the run."""
@@ -96,7 +136,12 @@ class PlainProgress:
                            f"{self.clock.summary()}", highlight=False, markup=False)
 
     def phase(self, text: str) -> None:
-        """Say what the audit is doing now (init checks, the cohort that trains, ...)."""
+        """Say what the audit is doing now (init checks, the cohort that trains, ...).
+
+        "building" shows with ``-v`` only: a config or user-code error while building stays
+        the one line that says what is wrong."""
+        if self.phases.enter(text) == "building" and not self.verbose:
+            return
         self.console.print(f"-- {text}", highlight=False, markup=False)
 
     def note(self, message: str) -> None:
@@ -105,6 +150,11 @@ class PlainProgress:
 
     def stop(self) -> None:
         """Nothing to tear down."""
+
+    def finish(self) -> None:
+        """After the report: with ``-v``, the time each phase took."""
+        if self.verbose:
+            self.console.print(self.phases.summary(), highlight=False, markup=False)
 
 
 class RichProgress:
@@ -121,6 +171,7 @@ class RichProgress:
         self.probes: TaskID | None = None
         self.step_task: TaskID | None = None
         self.steps_per_probe = 1
+        self.phases = PhaseClock()
 
     def start(self, total: int, done: int, steps_per_probe: int) -> None:
         """Show the bars."""
@@ -150,8 +201,9 @@ class RichProgress:
 
     def phase(self, text: str) -> None:
         """Show the phase as the probes bar's description (and above it with ``-v``)."""
-        if self.probes is not None:
-            self.bar.update(self.probes, description=text)
+        self.phases.enter(text)
+        if self.probes is not None:  # the bar keeps it short: "cohort 2 of 4", not its members
+            self.bar.update(self.probes, description=text.split(" (")[0].split(":")[0])
         if self.verbose:
             self.bar.console.print(f"-- {text}", markup=False, highlight=False)
 
@@ -162,6 +214,11 @@ class RichProgress:
     def stop(self) -> None:
         """Remove the bars."""
         self.bar.stop()
+
+    def finish(self) -> None:
+        """After the report: with ``-v``, the time each phase took."""
+        if self.verbose:
+            self.console.print(self.phases.summary(), highlight=False, markup=False)
 
 
 class QuietProgress:
@@ -183,4 +240,7 @@ class QuietProgress:
         """Nothing."""
 
     def stop(self) -> None:
+        """Nothing."""
+
+    def finish(self) -> None:
         """Nothing."""

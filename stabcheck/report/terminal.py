@@ -11,7 +11,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 SYMBOLS = {"healthy": ("✓", "green"), "unstable": ("!", "yellow"), "diverged": ("✗", "red"),
            "error": ("E", "magenta"), "timeout": ("T", "magenta"), "oom": ("M", "magenta")}
+STATUS_WORDS = {"healthy": "healthy", "unstable": "unstable", "diverged": "diverged",
+                "error": "error", "timeout": "timeout", "oom": "out of memory"}
+GRID_TITLE = "Probe grid: status per seed, median final loss, loss curve"
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SPARK = "▁▂▃▄▅▆▇█"
 MAX_PER_CODE = 3
@@ -68,19 +72,69 @@ def _cell_curve(members: list[ProbeDiagnosis]) -> np.ndarray:
     return out
 
 
-def _grid(result: AuditResult) -> Table:
-    sizes, lrs, cells = plotdata.grid(result)
-    table = Table(title="Probe grid: status per seed, median final loss, loss curve",
-                  title_justify="left", show_lines=True)
-    table.add_column("batch \\ lr", justify="right", style="bold")
-    for lr in lrs:
-        table.add_column(f"{lr:g}", justify="left", no_wrap=True)
-    for bs in sizes:
-        row: list[RenderableType] = [str(bs)]
+class _Grid:
+    """The probe grid, its learning rates split into blocks that fit the console's width.
+
+    Each block repeats the batch-size column, so at 80 columns (or 110 in a CI log) with many
+    learning rates every cell keeps its status symbols, its loss and its curve uncut, and a
+    legend of the status symbols closes the grid.
+    """
+
+    def __init__(self, result: AuditResult) -> None:
+        self.sizes, self.lrs, cells = plotdata.grid(result)
+        # each cell drawn once: the block layout measures several candidate tables
+        self.cells = {(bs, lr): _cell(cells.get((bs, lr), [])) for bs in self.sizes
+                      for lr in self.lrs}
+
+    def table(self, lrs: list[float], title: str | None) -> Table:
+        """One block: the batch-size column and the columns of ``lrs``."""
+        table = Table(title=title, title_justify="left", show_lines=True)
+        table.add_column("batch \\ lr", justify="right", style="bold", no_wrap=True)
         for lr in lrs:
-            row.append(_cell(cells.get((bs, lr), [])))
-        table.add_row(*row)
-    return table
+            table.add_column(f"{lr:g}", justify="left", no_wrap=True)
+        for bs in self.sizes:
+            table.add_row(str(bs), *(self.cells[(bs, lr)] for lr in lrs))
+        return table
+
+    def blocks(self, console: Console, options: ConsoleOptions) -> list[list[float]]:
+        """The learning rates in consecutive blocks that each fit the width, as few blocks as
+        that allows and of even sizes (9 LRs at 80 columns: 3 + 3 + 3, not 4 + 4 + 1)."""
+        natural = options.update_width(10_000)  # a table measures no wider than it may be
+
+        def fits(lrs: list[float]) -> bool:
+            width = Measurement.get(console, natural, self.table(lrs, None)).maximum
+            return len(lrs) == 1 or width <= options.max_width
+
+        def split(cap: int) -> list[list[float]]:
+            out, rest = [], list(self.lrs)
+            while rest:
+                take = min(cap, len(rest))
+                while not fits(rest[:take]):
+                    take -= 1
+                out.append(rest[:take])
+                rest = rest[take:]
+            return out
+
+        greedy = split(len(self.lrs))
+        even = split(-(-len(self.lrs) // len(greedy)))
+        return even if len(even) == len(greedy) else greedy
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        blocks = self.blocks(console, options)
+        for i, lrs in enumerate(blocks):
+            yield self.table(lrs, GRID_TITLE if i == 0 else
+                             f"Probe grid, continued ({i + 1} of {len(blocks)})")
+        yield legend()
+
+
+def legend() -> Text:
+    """The status symbols (one per seed in each cell) and what a cell's curve shows."""
+    text = Text("", style="dim")
+    for i, (status, (symbol, style)) in enumerate(SYMBOLS.items()):
+        text.append(("  " if i else "") + symbol, style=style)
+        text.append(f" {STATUS_WORDS[status]}")
+    text.append("\n– no probe; curve: median loss over seeds, log scale, × non-finite")
+    return text
 
 
 def _cell(members: list[ProbeDiagnosis]) -> Text:
@@ -219,7 +273,7 @@ def renderables(result: AuditResult) -> list[RenderableType]:
         f" · {result.timings['wall_time_s']:.1f}s" if "wall_time_s" in result.timings else "")
     out: list[RenderableType] = [head]
     if result.diagnosis.probes:
-        out.append(_grid(result))
+        out.append(_Grid(result))
     curvature = _curvature(result)
     if curvature is not None:
         out.append(curvature)

@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 LAYER_PREFIX = "layer_grad_norm:"
 
 
+def check_parquet(path: Path, flag: str = "") -> None:
+    """A ``.parquet`` traces file needs pyarrow: a one-line ConfigError saying how to get it."""
+    if path.suffix != ".parquet":
+        return
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{flag or path}: Parquet needs pyarrow: pip install "
+                          "'stabcheck[parquet]'") from None
+
+
 def traces_frame(result: AuditResult) -> pd.DataFrame:
     """One row per (probe, step): the probe's grid point and status, then every statistic.
 
@@ -55,11 +66,7 @@ def write_traces(result: AuditResult, path: Path) -> None:
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".parquet":
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise ConfigError(f"{path}: Parquet needs pyarrow: pip install "
-                                  "'stabcheck[parquet]'") from None
+            check_parquet(path)
             table.to_parquet(path, index=False)
         else:
             table.to_csv(path, index=False)

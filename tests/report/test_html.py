@@ -443,5 +443,5 @@ def test_cli_png_without_matplotlib_fails_before_the_audit(tmp_path: Path) -> No
     res = CliRunner().invoke(cli, ["audit", "no-such-config.yaml", "--out", str(tmp_path / "o"),
                                    "--png", str(tmp_path / "p")])
     assert res.exit_code == 2
-    assert res.output.strip().splitlines() == [f"error: {MISSING}"]
+    assert res.output.strip().splitlines() == [f"error: --png {tmp_path / 'p'}: {MISSING}"]
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
