@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -100,6 +101,7 @@ class ProcessExecutor:
                            torch.cuda.device_count() if job.problem.device.type == "cuda" else 0)
         threads = max(1, torch.get_num_threads() // max(1, len(lanes)))
         self._abort.clear()
+        _start_resource_tracker()
         if len(lanes) <= 1:  # one worker: everything on this (the main) thread, as before
             for device, todo in lanes:
                 self._lane(job, todo, device, threads, on_record, on_steps, control)
@@ -198,7 +200,7 @@ class ProcessExecutor:
 
         spawned = time.monotonic()
         try:
-            with _sigint_blocked():  # the worker must not see Ctrl-C before it ignores SIGINT
+            with _signals_blocked():  # no Ctrl-C or SIGTERM before the worker ignores them
                 proc.start()
             self.workers_started += 1
             results_w.close()  # ours closed: the pipe reports EOF once the worker is gone
@@ -340,13 +342,21 @@ def _describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def _start_resource_tracker() -> None:
+    """Started by the first ``Process.start()``, the tracker *unblocks* SIGINT and SIGTERM
+    after it (``ensure_running``), and that worker would start unprotected: start it first."""
+    if hasattr(signal, "pthread_sigmask"):  # POSIX: the tracker exists there
+        resource_tracker.ensure_running()
+
+
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked while a worker is spawned (it inherits the mask through
+    ``exec`` and unblocks them once it ignores them); the resource tracker already runs."""
+    if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
