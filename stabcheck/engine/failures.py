@@ -70,5 +70,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
         where = f"{frame.filename}:{frame.lineno} in {frame.name}"
         break
     message = str(exc).strip().splitlines()
+    if isinstance(exc, SystemExit):  # str(SystemExit(0)) is just "0"
+        message = [f"user code called sys.exit({exc.code!r})"]
     return {"type": type(exc).__name__, "message": message[0] if message else "",
             "where": where}
