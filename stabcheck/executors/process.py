@@ -47,6 +47,7 @@ from stabcheck.engine import EngineSettings, EngineSpec, RecordSink, StepSink
 from stabcheck.engine.failures import describe_exception
 from stabcheck.errors import StabcheckError
 from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
+from stabcheck.executors.hygiene import lingering_threads
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.records import ProbeRecord
 
@@ -174,10 +175,9 @@ class ProcessExecutor:
                     control: Interrupts, device: str, threads: int) -> bool:
         """Run ``todo`` in one worker. True when it finished (or stopped on request); False
         when it was lost (hang, crash, poisoned context) and another must take over."""
-        payload = _Payload(loaded=job.loaded, device=device,
-                           engine=engine, settings=job.settings, keys=job.keys,
-                           cohorts=todo, num_threads=threads,
-                           parent_pid=os.getpid())
+        payload = _Payload(loaded=job.loaded, device=device, engine=engine,
+                           settings=job.settings, keys=job.keys, cohorts=todo,
+                           num_threads=threads, parent_pid=os.getpid())
         results_r, results_w = ctx.Pipe(duplex=False)
         control_r, control_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, args=(payload, results_w, control_r),
@@ -334,10 +334,7 @@ def _describe_exit(code: int | None) -> str:
     if code is None:
         return "no exit status"
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "unknown"
+        name = next((s.name for s in signal.Signals if s == -code), "unknown")
         return f"signal {-code} ({name})"
     return f"exit status {code}"
 
@@ -447,3 +444,6 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
         results.close()
         os._exit(EXIT_CRASHED)
     results.send(("done", None))
+    if lingering_threads():  # a non-daemon thread of user code would hold the worker at exit
+        results.close()
+        os._exit(0)
