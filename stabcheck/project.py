@@ -20,6 +20,9 @@ from stabcheck.errors import ConfigError
 from stabcheck.thresholds import Thresholds
 
 ALLOWED = ("fail_on", "thresholds")
+# Every pyproject.toml at or above the config is read; one bigger than this is refused
+# before it is parsed (a 100 MB file took seconds and hundreds of MB to parse).
+MAX_PYPROJECT_BYTES = 10 * 1024 * 1024
 FAIL_ON = ("error", "warning", "never")
 
 
@@ -33,6 +36,10 @@ def find_pyproject(start: Path) -> tuple[Path, dict[str, Any]] | None:
         if not candidate.is_file():
             continue
         try:
+            if (size := candidate.stat().st_size) > MAX_PYPROJECT_BYTES:
+                raise ConfigError(f"{candidate}: file is {size} bytes, more than the "
+                                  f"{MAX_PYPROJECT_BYTES}-byte cap for a pyproject.toml "
+                                  "(--isolated ignores it)")
             data = tomllib.loads(candidate.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None

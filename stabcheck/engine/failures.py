@@ -25,11 +25,18 @@ def timeout_error(message: str) -> dict[str, Any]:
     return {"type": "Timeout", "message": message, "where": None}
 
 
+# How torch words an allocation failure: CUDA and MPS say "out of memory"; the CPU allocator
+# says "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code
+# 12 (Cannot allocate memory)" (a plain RuntimeError).
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """CUDA (or MPS/CPU allocator) out-of-memory, whatever class torch raised it as."""
+    """CUDA, MPS or CPU out-of-memory, whatever class torch (or Python) raised it as."""
     if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _OOM_WORDS)
 
 
 def free_memory(device: torch.device) -> None:
@@ -63,5 +70,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
         where = f"{frame.filename}:{frame.lineno} in {frame.name}"
         break
     message = str(exc).strip().splitlines()
+    if isinstance(exc, SystemExit):  # str(SystemExit(0)) is just "0"
+        message = [f"user code called sys.exit({exc.code!r})"]
     return {"type": type(exc).__name__, "message": message[0] if message else "",
             "where": where}

@@ -4,6 +4,10 @@
   to file descriptor 1) goes to stderr while the audit runs, so that a machine format on
   stdout (``--format json``) stays parseable. Worker processes started meanwhile inherit the
   redirected descriptor, so the same holds for them.
+* :func:`os_exit_raises` — user code's ``os._exit(n)`` in this process (a factory, the init
+  checks, every probe under ``--executor local``) raises ``SystemExit(n)`` instead of ending
+  the process with no report (``os._exit(0)`` would read as a pass); a forked child's
+  ``os._exit`` still exits. Both are applied by :func:`user_output_to_stderr`.
 * :func:`exit_process` — the process ends with the verdict's exit status even when user code
   left a non-daemon thread running (the interpreter would otherwise wait for it forever).
 """
@@ -16,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import NoReturn
 
 from stabcheck.errors import UserCodeError
 
@@ -33,7 +38,8 @@ def user_output_to_stderr() -> Iterator[None]:
     previous = sys.stdout
     sys.stdout = sys.stderr
     try:
-        yield
+        with os_exit_raises():
+            yield
     finally:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
@@ -41,6 +47,24 @@ def user_output_to_stderr() -> Iterator[None]:
         if saved is not None:
             os.dup2(saved, 1)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def os_exit_raises() -> Iterator[None]:
+    """``os._exit(n)`` raises ``SystemExit(n)`` in this process for the block (the audit
+    turns that into exit 3 with a partial report); in a forked child it still exits."""
+    real, owner = os._exit, os.getpid()
+
+    def _exit(status: int) -> NoReturn:
+        if os.getpid() != owner:
+            real(status)
+        raise SystemExit(status)
+
+    os._exit = _exit
+    try:
+        yield
+    finally:
+        os._exit = real
 
 
 def lingering_threads() -> list[threading.Thread]:

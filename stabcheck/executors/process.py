@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -46,6 +47,7 @@ from stabcheck.engine import EngineSettings, EngineSpec, RecordSink, StepSink
 from stabcheck.engine.failures import describe_exception
 from stabcheck.errors import StabcheckError
 from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
+from stabcheck.executors.hygiene import lingering_threads
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.records import ProbeRecord
 
@@ -100,6 +102,7 @@ class ProcessExecutor:
                            torch.cuda.device_count() if job.problem.device.type == "cuda" else 0)
         threads = max(1, torch.get_num_threads() // max(1, len(lanes)))
         self._abort.clear()
+        _start_resource_tracker()
         if len(lanes) <= 1:  # one worker: everything on this (the main) thread, as before
             for device, todo in lanes:
                 self._lane(job, todo, device, threads, on_record, on_steps, control)
@@ -172,10 +175,9 @@ class ProcessExecutor:
                     control: Interrupts, device: str, threads: int) -> bool:
         """Run ``todo`` in one worker. True when it finished (or stopped on request); False
         when it was lost (hang, crash, poisoned context) and another must take over."""
-        payload = _Payload(loaded=job.loaded, device=device,
-                           engine=engine, settings=job.settings, keys=job.keys,
-                           cohorts=todo, num_threads=threads,
-                           parent_pid=os.getpid())
+        payload = _Payload(loaded=job.loaded, device=device, engine=engine,
+                           settings=job.settings, keys=job.keys, cohorts=todo,
+                           num_threads=threads, parent_pid=os.getpid())
         results_r, results_w = ctx.Pipe(duplex=False)
         control_r, control_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, args=(payload, results_w, control_r),
@@ -198,7 +200,7 @@ class ProcessExecutor:
 
         spawned = time.monotonic()
         try:
-            with _sigint_blocked():  # the worker must not see Ctrl-C before it ignores SIGINT
+            with _signals_blocked():  # no Ctrl-C or SIGTERM before the worker ignores them
                 proc.start()
             self.workers_started += 1
             results_w.close()  # ours closed: the pipe reports EOF once the worker is gone
@@ -334,21 +336,26 @@ def _describe_exit(code: int | None) -> str:
     if code is None:
         return "no exit status"
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "unknown"
+        name = next((s.name for s in signal.Signals if s == -code), "unknown")
         return f"signal {-code} ({name})"
     return f"exit status {code}"
 
 
+def _start_resource_tracker() -> None:
+    """Started by the first ``Process.start()``, the tracker *unblocks* SIGINT and SIGTERM
+    after it (``ensure_running``), and that worker would start unprotected: start it first."""
+    if hasattr(signal, "pthread_sigmask"):  # POSIX: the tracker exists there
+        resource_tracker.ensure_running()
+
+
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked while a worker is spawned (it inherits the mask through
+    ``exec`` and unblocks them once it ignores them); the resource tracker already runs."""
+    if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
@@ -439,3 +446,6 @@ def worker_main(payload: _Payload, results: Connection, control: Connection) -> 
         results.close()
         os._exit(EXIT_CRASHED)
     results.send(("done", None))
+    if lingering_threads():  # a non-daemon thread of user code would hold the worker at exit
+        results.close()
+        os._exit(0)

@@ -84,7 +84,11 @@ def test_keyboard_interrupt_from_user_code_in_a_worker_is_a_probe_status(
     assert any("KeyboardInterrupt" in json.dumps(p.get("error")) for p in report["probes"])
 
 
-def test_a_stray_non_daemon_thread_does_not_keep_the_process_alive(tmp_path: Path) -> None:
-    done = audit(tmp_path, "--executor", "local", STRAY_THREAD="1")  # timeout=300 above
+@pytest.mark.parametrize("executor", ["local", "processes"])
+def test_a_stray_non_daemon_thread_does_not_keep_the_process_alive(tmp_path: Path,
+                                                                   executor: str) -> None:
+    # processes: the factory's thread starts in the parent and in each worker; a worker
+    # with one exits by itself after "done" (it was held 10 s, then killed by the parent)
+    done = audit(tmp_path, "--executor", executor, STRAY_THREAD="1")  # timeout=300 above
     assert done.returncode in (0, 1), done.stderr
     assert len(json.loads(done.stdout)["probes"]) == 2
