@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-from calibration.corpus import ENGINES, ablate, config_paths, details, engines, record, score, table
+from calibration.corpus import (
+    ENGINES,
+    LABELS,
+    ablate,
+    config_paths,
+    details,
+    engines,
+    record,
+    score,
+    table,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--engine", choices=ENGINES, default="sequential",
                      help="engine that audits (default sequential: the reference, kept in "
                           "records/; others audit into calibration/.cache-<engine>/)")
+    run.add_argument("--labels", type=Path, default=LABELS,
+                     help="plain-loop truth cache (default calibration/labels.json; another "
+                          "file with --refresh trains the truth on this machine)")
     abl = sub.add_parser("ablate", help="corpus totals with one threshold changed at a time")
     abl.add_argument("--models", nargs="+", help="corpus configs by name (default: all)")
     args = parser.parse_args(argv)
@@ -40,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     scores = []
     for path in config_paths(args.models, args.fast, args.holdout):
         print(f"... {path.stem}", file=sys.stderr, flush=True)
-        scores.append(score(path, refresh=args.refresh, rerun=args.rerun, engine=args.engine))
+        scores.append(score(path, refresh=args.refresh, rerun=args.rerun, engine=args.engine,
+                            labels=args.labels))
         if args.record:
             record(path)
     print(table(scores))

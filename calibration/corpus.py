@@ -61,16 +61,17 @@ def digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def truth(path: Path, refresh: bool = False) -> list[dict[str, Any]]:
-    """Plain-loop probes of one config, labelled; cached in ``labels.json``."""
-    cache: dict[str, Any] = json.loads(LABELS.read_text()) if LABELS.exists() else {}
+def truth(path: Path, refresh: bool = False, labels: Path = LABELS) -> list[dict[str, Any]]:
+    """Plain-loop probes of one config, labelled; cached in ``labels`` (``labels.json``)."""
+    cache: dict[str, Any] = json.loads(labels.read_text()) if labels.exists() else {}
     key = digest(path)
     entry = cache.get(name(path))
     if entry and entry.get("digest") == key and not refresh:
         return list(entry["probes"])
     probes = labelled(path)
     cache[name(path)] = {"digest": key, "probes": probes}
-    LABELS.write_text(json.dumps(cache, indent=None, sort_keys=True) + "\n")
+    labels.parent.mkdir(parents=True, exist_ok=True)
+    labels.write_text(json.dumps(cache, indent=None, sort_keys=True) + "\n")
     return probes
 
 
@@ -159,6 +160,7 @@ class ModelScore:
     audit_s: float = 0.0
     engines: dict[str, int] = field(default_factory=dict)  # probes per engine that ran them
     fallbacks: dict[str, int] = field(default_factory=dict)  # why not vectorized: probes
+    engine_trace: dict[str, float] = field(default_factory=dict)  # trace_diff per engine
 
     def n(self, truth: str, status: str | None = None) -> int:
         return sum(v for (t, s), v in self.counts.items()
@@ -167,9 +169,10 @@ class ModelScore:
 
 def score(path: Path, refresh: bool = False, rerun: bool = False,
           thresholds: dict[str, Any] | None = None, live: Path | None = None,
-          engine: str = "sequential") -> ModelScore:
+          engine: str = "sequential", labels: Path = LABELS) -> ModelScore:
     """Compare one config's stabcheck verdicts with its plain-loop labels. ``live``: train
-    both from scratch, with stabcheck's results under that directory, and no cache."""
+    both from scratch, with stabcheck's results under that directory, and no cache.
+    ``labels``: another truth cache (the plain loop trained on this machine, say)."""
     plain_s = audit_s = 0.0
     if live is not None:
         started = time.perf_counter()
@@ -178,7 +181,7 @@ def score(path: Path, refresh: bool = False, rerun: bool = False,
         result = audit(path, rerun=True, out=live, engine=engine)
         audit_s = time.perf_counter() - started - plain_s
     else:
-        probes, result = truth(path, refresh), audit(path, rerun, thresholds, engine=engine)
+        probes, result = truth(path, refresh, labels), audit(path, rerun, thresholds, engine=engine)
     by_point = {(p.record.batch_size, p.record.lr, p.record.seed): p
                 for p in result.diagnosis.probes}
     s = ModelScore(name(path), plain_s=plain_s, audit_s=audit_s)
@@ -199,9 +202,12 @@ def score(path: Path, refresh: bool = False, rerun: bool = False,
                 why = note[:110]
                 s.fallbacks[why] = s.fallbacks.get(why, 0) + 1
         mine = p.record.series("loss")
-        for a, b in zip(t["losses"], mine, strict=False):
-            if a is not None and math.isfinite(b) and abs(a) > 0:
-                diffs.append(abs(a - b) / max(abs(a), 1e-3))
+        mine_diffs = [abs(a - b) / max(abs(a), 1e-3)
+                      for a, b in zip(t["losses"], mine, strict=False)
+                      if a is not None and math.isfinite(b) and abs(a) > 0]
+        diffs += mine_diffs
+        s.engine_trace[p.record.engine] = max([s.engine_trace.get(p.record.engine, 0.0),
+                                               *mine_diffs])
     s.trace_diff = max(diffs) if diffs else 0.0
     s.expected_exit = 1 if any(t["label"] == "diverged" for t in probes) else 0
     s.exit_code = result.exit_code
@@ -248,7 +254,8 @@ def engines(scores: list[ModelScore]) -> str:
     """Which engine ran each model's probes, and why a probe was not vectorized."""
     out = []
     for s in scores:
-        ran = ", ".join(f"{k} {v}" for k, v in sorted(s.engines.items()))
+        ran = ", ".join(f"{k} {v} (trace {s.engine_trace.get(k, 0.0):.1e})"
+                        for k, v in sorted(s.engines.items()))
         out.append(f"{s.name}: {ran}")
         out += [f"  {n} x {why}" for why, n in sorted(s.fallbacks.items())]
     return "\n".join(out)
