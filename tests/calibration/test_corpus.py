@@ -49,7 +49,6 @@ def test_fast_slice_trained_live(model: str, tmp_path: Path) -> None:
     assert s.exit_code == s.expected_exit
 
 
-@pytest.mark.slow
 def test_vectorized_engine_trained_live(tmp_path: Path) -> None:
     # Llama at moderate LRs: every probe on the vectorized engine, on the plain loop's
     # trajectory (the vmap padding_idx defect of issue 13 made cohort members depart).
