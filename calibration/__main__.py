@@ -1,13 +1,25 @@
-"""``python -m calibration run [--models NAME ...] [--fast] [--refresh] [--rerun]``."""
+"""``python -m calibration run [--models NAME ...] [--fast] [--refresh] [--rerun]
+[--engine sequential|vectorized|auto]``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-from calibration.corpus import ablate, config_paths, details, record, score, table
+from calibration.corpus import (
+    ENGINES,
+    LABELS,
+    ablate,
+    config_paths,
+    details,
+    engines,
+    record,
+    score,
+    table,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--record", action="store_true",
                      help="keep the journals under calibration/records/")
     run.add_argument("--details", action="store_true", help="list every miss and false alarm")
+    run.add_argument("--engine", choices=ENGINES, default="sequential",
+                     help="engine that audits (default sequential: the reference, kept in "
+                          "records/; others audit into calibration/.cache-<engine>/)")
+    run.add_argument("--labels", type=Path, default=LABELS,
+                     help="plain-loop truth cache (default calibration/labels.json; another "
+                          "file with --refresh trains the truth on this machine)")
     abl = sub.add_parser("ablate", help="corpus totals with one threshold changed at a time")
     abl.add_argument("--models", nargs="+", help="corpus configs by name (default: all)")
     args = parser.parse_args(argv)
@@ -30,13 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ablate":
         print(ablate(config_paths(args.models)))
         return 0
+    if args.record and args.engine != "sequential":
+        parser.error("--record keeps the sequential engine's journals only "
+                     "(calibration/records/ is the reference)")
     scores = []
     for path in config_paths(args.models, args.fast, args.holdout):
         print(f"... {path.stem}", file=sys.stderr, flush=True)
-        scores.append(score(path, refresh=args.refresh, rerun=args.rerun))
+        scores.append(score(path, refresh=args.refresh, rerun=args.rerun, engine=args.engine,
+                            labels=args.labels))
         if args.record:
             record(path)
     print(table(scores))
+    if args.engine != "sequential":
+        print(engines(scores))
     if args.details:
         print(details(scores))
     return 0

@@ -6,6 +6,9 @@
 * stabcheck: each config is audited once (``.cache/<name>/``, a normal results directory);
   later runs re-diagnose the journal with the current detectors, which is what calibrating
   thresholds needs. ``--rerun`` audits again (after an engine change).
+* engines: the reference is the sequential engine (its journals are the ones kept in
+  ``records/``); ``engine="auto"`` or ``"vectorized"`` audits into ``.cache-<engine>/<name>/``
+  and never reads or writes ``records/``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ LABELS = HERE / "labels.json"
 CACHE = HERE / ".cache"
 RECORDS = HERE / "records"
 FAST = ("gru-rmsprop", "lstm-sgd-nesterov", "gru-adam-safe")
+ENGINES = ("sequential", "vectorized", "auto")  # sequential: the reference (records/)
 
 
 def config_paths(names: list[str] | None = None, fast: bool = False,
@@ -57,16 +61,17 @@ def digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def truth(path: Path, refresh: bool = False) -> list[dict[str, Any]]:
-    """Plain-loop probes of one config, labelled; cached in ``labels.json``."""
-    cache: dict[str, Any] = json.loads(LABELS.read_text()) if LABELS.exists() else {}
+def truth(path: Path, refresh: bool = False, labels: Path = LABELS) -> list[dict[str, Any]]:
+    """Plain-loop probes of one config, labelled; cached in ``labels`` (``labels.json``)."""
+    cache: dict[str, Any] = json.loads(labels.read_text()) if labels.exists() else {}
     key = digest(path)
     entry = cache.get(name(path))
     if entry and entry.get("digest") == key and not refresh:
         return list(entry["probes"])
     probes = labelled(path)
     cache[name(path)] = {"digest": key, "probes": probes}
-    LABELS.write_text(json.dumps(cache, indent=None, sort_keys=True) + "\n")
+    labels.parent.mkdir(parents=True, exist_ok=True)
+    labels.write_text(json.dumps(cache, indent=None, sort_keys=True) + "\n")
     return probes
 
 
@@ -84,27 +89,37 @@ def labelled(path: Path) -> list[dict[str, Any]]:
     return probes
 
 
+def cache_dir(path: Path, engine: str = "sequential") -> Path:
+    """Where one config's audit with ``engine`` is kept (a normal results directory)."""
+    if engine not in ENGINES:
+        raise SystemExit(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    return (CACHE if engine == "sequential" else HERE / f".cache-{engine}") / name(path)
+
+
 def audit(path: Path, rerun: bool = False, thresholds: dict[str, Any] | None = None,
-          out: Path | None = None) -> Any:
-    """stabcheck's result for one config: audited once, re-diagnosed from the journal."""
+          out: Path | None = None, engine: str = "sequential") -> Any:
+    """stabcheck's result for one config: audited once, re-diagnosed from the journal.
+    The recorded journals (``records/``) are the sequential engine's: another engine is
+    audited into its own cache the first time it is asked for."""
     from stabcheck.audit import AuditOptions, run_audit
     from stabcheck.config import load_config
     from stabcheck.journal import JOURNAL_NAME, JournalContents, read_journal
     from stabcheck.result import build_result
 
-    out = out or CACHE / name(path)
+    out = out or cache_dir(path, engine)
     recorded = RECORDS / f"{name(path)}.jsonl.gz"
     journal = out / JOURNAL_NAME
-    if not journal.exists() and recorded.exists() and not rerun:
+    if (not journal.exists() and recorded.exists() and not rerun
+            and engine == "sequential"):
         with tempfile.TemporaryDirectory() as tmp:  # the recorded journal, read in place
             (Path(tmp) / JOURNAL_NAME).write_bytes(gzip.decompress(recorded.read_bytes()))
             contents: JournalContents = read_journal(Path(tmp))
     else:
         if rerun or not journal.exists():
-            # The sequential engine: the reference whose trajectory the plain loop
-            # reproduces (the vectorized one departs from it on some models; README).
+            # Sequential by default: the reference whose trajectory the plain loop
+            # reproduces step for step (README "Same trajectory").
             run_audit(load_config(path), AuditOptions(out_dir=out, overwrite=True,
-                                                     executor="local", engine="sequential"))
+                                                     executor="local", engine=engine))
         contents = read_journal(out)
     if not thresholds:
         return build_result(contents)
@@ -115,8 +130,12 @@ def audit(path: Path, rerun: bool = False, thresholds: dict[str, Any] | None = N
         {**configured, **thresholds}))
 
 
-def record(path: Path) -> Path:
-    """Keep one config's journal, gzipped, under ``records/`` (the recorded real traces)."""
+def record(path: Path, engine: str = "sequential") -> Path:
+    """Keep one config's journal, gzipped, under ``records/`` (the recorded real traces).
+    Only the sequential engine's: the records are the reference trajectories."""
+    if engine != "sequential":
+        raise SystemExit(f"--record keeps the sequential engine's journals only "
+                         f"(calibration/records/ is the reference), not --engine {engine}")
     RECORDS.mkdir(exist_ok=True)
     target = RECORDS / f"{name(path)}.jsonl.gz"
     target.write_bytes(gzip.compress((CACHE / name(path) / "probes.jsonl").read_bytes(),
@@ -139,6 +158,9 @@ class ModelScore:
     reported: dict[str, Any] = field(default_factory=dict)
     plain_s: float = 0.0
     audit_s: float = 0.0
+    engines: dict[str, int] = field(default_factory=dict)  # probes per engine that ran them
+    fallbacks: dict[str, int] = field(default_factory=dict)  # why not vectorized: probes
+    engine_trace: dict[str, float] = field(default_factory=dict)  # trace_diff per engine
 
     def n(self, truth: str, status: str | None = None) -> int:
         return sum(v for (t, s), v in self.counts.items()
@@ -146,18 +168,20 @@ class ModelScore:
 
 
 def score(path: Path, refresh: bool = False, rerun: bool = False,
-          thresholds: dict[str, Any] | None = None, live: Path | None = None) -> ModelScore:
+          thresholds: dict[str, Any] | None = None, live: Path | None = None,
+          engine: str = "sequential", labels: Path = LABELS) -> ModelScore:
     """Compare one config's stabcheck verdicts with its plain-loop labels. ``live``: train
-    both from scratch, with stabcheck's results under that directory, and no cache."""
+    both from scratch, with stabcheck's results under that directory, and no cache.
+    ``labels``: another truth cache (the plain loop trained on this machine, say)."""
     plain_s = audit_s = 0.0
     if live is not None:
         started = time.perf_counter()
         probes = labelled(path)
         plain_s = time.perf_counter() - started
-        result = audit(path, rerun=True, out=live)
+        result = audit(path, rerun=True, out=live, engine=engine)
         audit_s = time.perf_counter() - started - plain_s
     else:
-        probes, result = truth(path, refresh), audit(path, rerun, thresholds)
+        probes, result = truth(path, refresh, labels), audit(path, rerun, thresholds, engine=engine)
     by_point = {(p.record.batch_size, p.record.lr, p.record.seed): p
                 for p in result.diagnosis.probes}
     s = ModelScore(name(path), plain_s=plain_s, audit_s=audit_s)
@@ -172,10 +196,18 @@ def score(path: Path, refresh: bool = False, rerun: bool = False,
             s.misses.append(f"{where} ({p.status})")
         if t["label"] == "healthy" and p.status != "healthy":
             s.alarms.append(f"{where} ({p.status}: {codes})")
+        s.engines[p.record.engine] = s.engines.get(p.record.engine, 0) + 1
+        for note in p.record.notes:
+            if "sequential engine" in note:  # a fallback, a failure, a runaway re-run, a replay
+                why = note[:110]
+                s.fallbacks[why] = s.fallbacks.get(why, 0) + 1
         mine = p.record.series("loss")
-        for a, b in zip(t["losses"], mine, strict=False):
-            if a is not None and math.isfinite(b) and abs(a) > 0:
-                diffs.append(abs(a - b) / max(abs(a), 1e-3))
+        mine_diffs = [abs(a - b) / max(abs(a), 1e-3)
+                      for a, b in zip(t["losses"], mine, strict=False)
+                      if a is not None and math.isfinite(b) and abs(a) > 0]
+        diffs += mine_diffs
+        s.engine_trace[p.record.engine] = max([s.engine_trace.get(p.record.engine, 0.0),
+                                               *mine_diffs])
     s.trace_diff = max(diffs) if diffs else 0.0
     s.expected_exit = 1 if any(t["label"] == "diverged" for t in probes) else 0
     s.exit_code = result.exit_code
@@ -216,6 +248,17 @@ def table(scores: list[ModelScore]) -> str:
                  f"{fa}/{tot['h']} ({fa / max(tot['h'], 1):.0%}); gate right "
                  f"{tot['g']}/{len(scores)} models")
     return "\n".join(lines)
+
+
+def engines(scores: list[ModelScore]) -> str:
+    """Which engine ran each model's probes, and why a probe was not vectorized."""
+    out = []
+    for s in scores:
+        ran = ", ".join(f"{k} {v} (trace {s.engine_trace.get(k, 0.0):.1e})"
+                        for k, v in sorted(s.engines.items()))
+        out.append(f"{s.name}: {ran}")
+        out += [f"  {n} x {why}" for why, n in sorted(s.fallbacks.items())]
+    return "\n".join(out)
 
 
 def details(scores: list[ModelScore]) -> str:

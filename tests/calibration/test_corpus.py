@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from calibration.corpus import LABELS, config_paths, score, table, totals
+from calibration.__main__ import main
+from calibration.corpus import (
+    CACHE,
+    LABELS,
+    RECORDS,
+    cache_dir,
+    config_paths,
+    record,
+    score,
+    table,
+    totals,
+)
 from calibration.labels import label
 
 pytestmark = pytest.mark.skipif(not LABELS.exists(), reason="calibration/labels.json missing")
@@ -36,6 +47,31 @@ def test_fast_slice_trained_live(model: str, tmp_path: Path) -> None:
     assert s.trace_diff < 1e-4
     assert not s.misses and not s.alarms, (s.misses, s.alarms)
     assert s.exit_code == s.expected_exit
+
+
+def test_vectorized_engine_trained_live(tmp_path: Path) -> None:
+    # Llama at moderate LRs: every probe on the vectorized engine, on the plain loop's
+    # trajectory (the vmap padding_idx defect of issue 13 made cohort members depart).
+    [path] = config_paths(["llama-safe"])
+    s = score(path, live=tmp_path / "llama-safe", engine="auto")
+    assert s.engines == {"vectorized": 6}, (s.engines, s.fallbacks)
+    assert s.trace_diff < 1e-4
+    assert not s.misses and not s.alarms and s.exit_code == s.expected_exit == 0
+
+
+def test_other_engines_keep_their_own_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    [path] = config_paths(["gru-adam-safe"])
+    assert cache_dir(path) == CACHE / "gru-adam-safe"
+    for engine in ("auto", "vectorized"):
+        assert cache_dir(path, engine).parent.name == f".cache-{engine}"
+        assert RECORDS not in cache_dir(path, engine).parents
+        with pytest.raises(SystemExit, match="sequential"):
+            record(path, engine=engine)  # records/ are the sequential reference
+    with pytest.raises(SystemExit, match="unknown engine"):
+        cache_dir(path, "fast")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--record", "--engine", "auto", "--models", "gru-adam-safe"])
+    assert exc.value.code == 2 and "records/ is the reference" in capsys.readouterr().err
 
 
 def test_labelling_rule() -> None:
