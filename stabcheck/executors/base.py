@@ -58,7 +58,7 @@ class Job:
     keys: dict[int, str]
     setup_s: float = 0.0  # how long building the problem took in this process
     on_note: NoteSink | None = None  # one-line notes from the engine, wherever it runs
-    on_cohort: Callable[[Cohort], None] | None = None  # a cohort (or what is left of it) starts
+    on_cohort: Callable[[Cohort], None] = lambda cohort: None  # a cohort (or its rest) starts
 
 
 class Executor(Protocol):

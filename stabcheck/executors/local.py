@@ -27,7 +27,6 @@ class LocalExecutor:
             on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` here until done or until ``control`` asks to stop."""
         warm_up()
-        on_cohort = job.on_cohort
         run_cohorts(job.engine, job.problem, cohorts, job.settings, job.keys, job.data,
                     on_record, on_steps, lambda: control.stop_requested, on_note=job.on_note,
-                    on_cohort=(lambda i: on_cohort(cohorts[i])) if on_cohort else None)
+                    on_cohort=lambda i: job.on_cohort(cohorts[i]))

@@ -256,7 +256,7 @@ class ProcessExecutor:
                     self.startup_s.append(time.monotonic() - spawned)
                 elif kind == "start":
                     current, done_in_current, steps = todo[body], set(), 0
-                    _ = job.on_cohort and job.on_cohort(current)
+                    job.on_cohort(current)
                     probe_started = time.monotonic()
                     deadline = probe_started + limit if limit is not None else None
                 elif kind == "steps":

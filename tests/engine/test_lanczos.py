@@ -11,7 +11,7 @@ from stabcheck.builtins.data import blobs
 from stabcheck.builtins.models import mlp
 from stabcheck.engine.curvature import lanczos, measure_curvature, top_eigen
 from stabcheck.engine.curvature.lanczos import MIN_STEPS
-from tests.engine.test_curvature import CE, _flat_hessian
+from tests.engine.test_curvature import CE, _flat_hessian, mlp_case
 
 REL = 5e-4  # within 0.05% of the dense Hessian's top eigenvalue
 
@@ -35,10 +35,7 @@ def _matvec(matrix: torch.Tensor, calls: list[int]) -> object:
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lanczos_sharpness_matches_dense_hessian(activation: str, seed: int) -> None:
-    x, y = blobs(n_samples=64, n_features=4, n_classes=3)
-    torch.manual_seed(seed)
-    net = mlp(in_features=4, hidden=[8, 8], out_features=3, activation=activation)
-    spectrum = torch.linalg.eigvalsh(_flat_hessian(net, x, y).double())
+    net, x, y, spectrum = mlp_case(activation, seed)
     exact = float(spectrum.max())
     assert float(spectrum.min()) < -0.5 * exact  # indefinite: the sign problem is real here
     m = measure_curvature(net, CE, (x, y), torch.optim.SGD(net.parameters(), lr=0.1),
