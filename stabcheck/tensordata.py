@@ -23,6 +23,10 @@ EXPECTED = ("expected a torch Dataset, a tuple of tensors or NumPy arrays (input
             "a dict of them")
 
 
+# Batch keys that Hugging Face models read as attention masks (1 = attend).
+TRIVIAL_MASK_KEYS = ("attention_mask", "decoder_attention_mask")
+
+
 class DataShapeError(ValueError):
     """The data factory returned something stabcheck cannot train on."""
 
@@ -51,6 +55,22 @@ class TensorData:
         if isinstance(self.tensors, dict):
             return {k: v[index] for k, v in self.tensors.items()}
         return tuple(t[index] for t in self.tensors)
+
+    def without_trivial_masks(self) -> tuple[TensorData, tuple[str, ...]]:
+        """This data without the attention masks that mask nothing, and which keys were dropped.
+
+        A Hugging Face ``attention_mask`` (or ``decoder_attention_mask``) of all ones over the
+        whole dataset attends to every token, as no mask does; but ``transformers`` reads the
+        mask's values in Python to pick its attention path, which ``vmap`` refuses. Checked
+        once here, on the whole dataset, so the stacked step can leave such a mask out.
+        """
+        if not isinstance(self.tensors, dict):
+            return self, ()
+        dropped = tuple(k for k in TRIVIAL_MASK_KEYS if k in self.tensors
+                        and bool((self.tensors[k] == 1).all()))
+        if not dropped:
+            return self, ()
+        return TensorData({k: v for k, v in self.tensors.items() if k not in dropped}), dropped
 
     def items(self) -> list[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` pairs: dict keys, or ``inputs``/``targets``/``tensor N``."""

@@ -57,6 +57,10 @@ class CohortRun:
                  data: TensorData, grad_mode: str = "sum", compile_step: bool = False,
                  math_attention: bool = False) -> None:
         self.problem, self.settings, self.data = problem, settings, data
+        # The stacked step leaves out an all-ones attention mask (transformers branches on its
+        # values, which vmap refuses; attending everywhere is what no mask means). The
+        # sequential probes unstacked from this run (replays, curvature) keep the data as is.
+        self.stacked_data, self.dropped_masks = data.without_trivial_masks()
         # scaled_dot_product_attention through its composite (math) kernel: under vmap the
         # fused CPU kernel is chosen even for a mask that needs a gradient (T5's position
         # bias), which it cannot give; the eligibility trial turns this on where it helps.
@@ -190,7 +194,7 @@ class CohortRun:
         idx = self.order[t] if full else self.order[t].index_select(0, self.rows)
         lr = self.lr64[t] if full else self.lr64[t].index_select(0, self.rows)
         neg_lr = self.neg_lr[t] if full else self.neg_lr[t].index_select(0, self.rows)
-        losses, grad = self._loss_grad(self.flat, self.data.batch(idx))
+        losses, grad = self._loss_grad(self.flat, self.stacked_data.batch(idx))
         with torch.no_grad():
             flat = self.flat.detach()
             skip = None
@@ -225,7 +229,7 @@ class CohortRun:
 
     def step_uninstrumented(self, t: int) -> None:
         """Step ``t`` without measuring anything: the benchmark's bare baseline."""
-        _, grad = self._loss_grad(self.flat, self.data.batch(self.order[t]))
+        _, grad = self._loss_grad(self.flat, self.stacked_data.batch(self.order[t]))
         with torch.no_grad():
             flat = self.flat.detach()
             new = self.optimizer.step(flat, grad, self.lr64[t], self.neg_lr[t], out=self._spare)
