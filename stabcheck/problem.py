@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stabcheck import optimizers
+from stabcheck import nodynamo, optimizers
 from stabcheck.builtins.data import DATASETS
 from stabcheck.builtins.hf import hf, hf_data
 from stabcheck.builtins.models import MODELS
@@ -243,6 +243,7 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
     Also checks what needs the data to check: every batch size fits in the dataset, and one
     forward pass of a tiny batch produces a finite scalar loss.
     """
+    nodynamo.install()  # the optimizer built below imports no torch._dynamo (``validate``)
     cfg = loaded.config
     model_fn, model_kwargs, model_is_user = _builder(loaded, "model", BUILTIN_MODELS)
     data_is_user = cfg.data.factory is not None
