@@ -87,13 +87,13 @@ def tiny_config(scratch: Path) -> Path:
     return path
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--compare", type=Path, default=None, metavar="DIR",
                         help="Another source tree (e.g. `git archive REV | tar -x -C DIR`).")
     parser.add_argument("--quick", action="store_true", help="--version, --help, report only.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     trees = {"this": ROOT, **({"other": args.compare.resolve()} if args.compare else {})}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
@@ -136,7 +136,8 @@ def main() -> None:
             print(line)
     print("cli: inside the process, stabcheck's import and the command; with '(torch first)' "
           "import torch is done before and not counted (its time is the torch column)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
