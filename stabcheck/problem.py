@@ -144,11 +144,12 @@ def primary_output(output: Any) -> torch.Tensor:
                     "the prediction")
 
 
-def _batched(t: torch.Tensor) -> bool:
-    return bool(_is_batched is not None and _is_batched(t))
-
-
 _is_batched = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
+
+
+def _batched(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a tensor inside ``vmap`` (where nll_loss runs as a decomposition)."""
+    return bool(_is_batched is not None and _is_batched(t))
 
 
 def vmapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

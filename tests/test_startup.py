@@ -123,6 +123,8 @@ def test_report_needs_no_torch(tmp_path: Path,
         code, modules = imported(tmp_path, "report", str(out), "--format", fmt, "-q")
         assert code == 0
         assert present(modules, HEAVY) == [], fmt
+        # Nor the config schema and YAML: the report is re-rendered from its JSON/JSONL.
+        assert present(modules, ("stabcheck.config", "stabcheck.schema", "yaml")) == [], fmt
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["environment"]["torch"] == torch.__version__  # still recorded by audit
 
