@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +110,8 @@ class StabcheckGroup(click.Group):
             click.echo(f"internal error: {type(exc).__name__}: {exc} (set STABCHECK_DEBUG=1 for "
                        "the traceback, and please report it)", err=True)
             if os.environ.get("STABCHECK_DEBUG"):
+                import traceback
+
                 traceback.print_exc()
             code = EXIT_NOT_CARRIED_OUT
         else:
@@ -294,6 +294,8 @@ TEMPLATES = ("starter", "hf", "tabular", "custom")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def init(path: Path, template: str, force: bool) -> int:
     """Write a commented config to PATH (default: stabcheck.yaml), and its stub files."""
+    from importlib import resources
+
     root = resources.files("stabcheck").joinpath("templates")
     if template == "starter":
         files = {path: root.joinpath("starter.yaml")}

@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from stabcheck.errors import ConfigError, writing
-from stabcheck.journal import JOURNAL_NAME, LOCK_NAME
 
 
 def finite(ctx: Any, param: Any, value: float | None) -> float | None:
@@ -23,6 +22,8 @@ def check_outputs(outputs: tuple[tuple[str | None, Path], ...], traces: Path | N
                   results_dir: Path | None) -> None:
     """Before any work: every ``-o`` and ``--traces`` file can be written, and none of them
     names the results directory's journal or lock file."""
+    from stabcheck.journal import JOURNAL_NAME, LOCK_NAME  # not on --version's path
+
     protected = set()
     if results_dir is not None:
         protected = {(results_dir / name).resolve() for name in (JOURNAL_NAME, LOCK_NAME)}

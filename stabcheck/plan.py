@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stabcheck.config import AuditConfig
+if TYPE_CHECKING:  # not imported at run time: ``stabcheck report`` needs no config schema
+    from stabcheck.config import AuditConfig
 
 
 @dataclass(frozen=True, order=True)

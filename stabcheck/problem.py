@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stabcheck import optimizers
+from stabcheck import nodynamo, optimizers
 from stabcheck.builtins.data import DATASETS
 from stabcheck.builtins.hf import hf, hf_data
 from stabcheck.builtins.models import MODELS
@@ -144,11 +144,32 @@ def primary_output(output: Any) -> torch.Tensor:
                     "the prediction")
 
 
+_is_batched = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
+
+
+def _batched(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a tensor inside ``vmap`` (where nll_loss runs as a decomposition)."""
+    return bool(_is_batched is not None and _is_batched(t))
+
+
+def vmapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy`` (mean, ``ignore_index=-100``) in the ops of the decomposition torch
+    itself runs under ``vmap``: the same numbers, without the ``torch._check`` in it that
+    imports ``torch.fx.experimental.symbolic_shapes`` and sympy (about a second)."""
+    logp = logits.log_softmax(1)
+    keep = target != -100
+    picked = -torch.gather(logp, 1, torch.where(keep, target, 0).unsqueeze(1)).squeeze(1)
+    return torch.where(keep, picked, 0).sum() / keep.sum().to(logp)
+
+
 def _builtin_criterion(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def cross_entropy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Sequence models: [N, T, V] logits against [N, T] tokens.
         if out.dim() > 2:
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), target.reshape(-1))
+            out, target = out.reshape(-1, out.shape[-1]), target.reshape(-1)
+        if out.dim() == 2 and not target.is_floating_point() and (_batched(out)
+                                                                  or _batched(target)):
+            return vmapped_cross_entropy(out.float(), target)
         return F.cross_entropy(out.float(), target)
 
     def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -243,6 +264,7 @@ def build_problem(loaded: LoadedConfig, device: torch.device | None = None) -> P
     Also checks what needs the data to check: every batch size fits in the dataset, and one
     forward pass of a tiny batch produces a finite scalar loss.
     """
+    nodynamo.install()  # the optimizer built below imports no torch._dynamo (``validate``)
     cfg = loaded.config
     model_fn, model_kwargs, model_is_user = _builder(loaded, "model", BUILTIN_MODELS)
     data_is_user = cfg.data.factory is not None

@@ -12,8 +12,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from stabcheck import __version__
 from stabcheck.diagnose import Diagnosis, diagnose
 from stabcheck.diagnose.context import Context
@@ -83,6 +81,8 @@ def _probe_json(p: Any) -> dict[str, Any]:
 
 def environment(device: str) -> dict[str, Any]:
     """What the audit ran on (stable across runs on one machine, for determinism checks)."""
+    import torch  # here, not at the top: ``stabcheck report`` needs no torch
+
     env: dict[str, Any] = {
         "stabcheck": __version__, "torch": torch.__version__,
         "python": sys.version.split()[0], "platform": platform.platform(terse=True),
