@@ -38,7 +38,7 @@ from stabcheck.engine.instruments import (
 )
 from stabcheck.engine.loop import Schedule, finish_record
 from stabcheck.engine.nanlocate import locate_nonfinite
-from stabcheck.engine.stepstats import ProbeStats
+from stabcheck.engine.stepstats import NormBuffer
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.problem import Problem, TensorData
 from stabcheck.records import ProbeRecord
@@ -70,7 +70,7 @@ class SequentialProbe:
         # Dynamic loss scaling for float16 only; disabled, every call below is a pass-through.
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=settings.dtype == "float16")
-        self.buffer = ProbeStats(self.params, self.layers, settings.steps, self.device,
+        self.buffer = NormBuffer(self.params, self.layers, settings.steps, self.device,
                                  settings.grad_clip, loss_scaling=self.scaler.is_enabled())
         self.buffer.fill("lr", torch.tensor(self.lrs, device=self.device))
 

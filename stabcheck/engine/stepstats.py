@@ -16,7 +16,7 @@ per-step allocation beyond what the ops return):
 
 Everything else in :data:`~stabcheck.engine.instruments.STAT_COLUMNS` and the per-layer
 gradient norms is arithmetic on those norms, done at flush time for the whole chunk at once
-(:meth:`ProbeStats.flush`): the global and per-layer gradient norms, the update ratio (the
+(:meth:`NormBuffer.flush`): the global and per-layer gradient norms, the update ratio (the
 update's norm over the norm of the weights it moved, which each row carries), the new weights'
 norm, whether clipping scaled the gradient down, whether fp16 loss scaling skipped the step.
 The values are the ones the step-time formulas gave: the same float64 norms, summed the same
@@ -39,7 +39,7 @@ from stabcheck.engine.stats import StatBuffer
 RAW_PARTS = ("grad", "update", "weight", "weight_before", "loss")
 
 
-class ProbeStats(StatBuffer):
+class NormBuffer(StatBuffer):
     """A :class:`StatBuffer` for one probe whose rows are derived, at flush, from raw norms
     recorded by :meth:`grad_norms`, :meth:`keep_weights` and :meth:`record`.
 
