@@ -32,10 +32,10 @@ from stabcheck.engine.failures import (
     is_oom,
     timeout_error,
 )
-from stabcheck.engine.instruments import CLIP_EPS, NonFinite, first_nonfinite, to_jsonable
+from stabcheck.engine.instruments import NonFinite, first_nonfinite, to_jsonable
 from stabcheck.engine.loop import Schedule, finish_record
 from stabcheck.engine.nanlocate import LOSS, _finite, _first_nonfinite_parameter, _name_of
-from stabcheck.engine.sequential import SequentialProbe, autocast, global_norm, squared_norms
+from stabcheck.engine.sequential import SequentialProbe, autocast
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.problem import Problem, TensorData
 from stabcheck.records import ProbeRecord
@@ -64,32 +64,32 @@ class CustomStepProbe(SequentialProbe):
         index = {id(p): i for i, p in enumerate(self.params)}
         self.owned = {name: [index[id(p)] for p in opt.param_groups[0]["params"]
                              if id(p) in index] for name, opt in self.optimizers.items()}
+        # Per optimizer, the gradient norm its step saw (float64, as clipping compares it).
         self.opt_norms = torch.full((settings.steps, len(self.optimizers)), float("nan"),
-                                    device=self.device)
+                                    dtype=torch.float64, device=self.device)
+        self.buffer.clip_norms = self.opt_norms  # each optimizer clips by its own norm
+        self.buffer.loss_scaling = False  # the user's step does its own, if any
         self.named_losses: dict[str, torch.Tensor] = {}
-        self._step_state: dict[str, Any] = {}
+        self._t, self._stepped = 0, False
+        self._grad_norms: list[torch.Tensor] = []
         for k, (name, opt) in enumerate(self.optimizers.items()):
             opt.register_step_pre_hook(self._pre_hook(name, k))
 
     def _pre_hook(self, name: str, k: int) -> Any:
         def hook(_opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
-            state = self._step_state
             owners = [i for i in self.owned[name] if self.params[i].grad is not None]
             if not owners:
                 return
             with torch.no_grad():
-                grad_sq = squared_norms([self.params[i].grad for i in owners])  # type: ignore
-                state["layer_sq"].index_add_(0, self.layer_index[owners], grad_sq)
-                norm = grad_sq.sum().sqrt()
-                state["norm_sq"][k] = grad_sq.sum()
-                self.opt_norms[state["t"], k] = norm.float()
-                clip = self.settings.grad_clip
-                if clip is not None:
-                    grads = [self.params[i] for i in owners]
-                    torch.nn.utils.clip_grads_with_norm_(grads, clip, norm)
-                    state["clipped"] = torch.maximum(state["clipped"],
-                                                     (clip / (norm + CLIP_EPS) < 1.0).float())
-            state["stepped"] = True
+                params = [self.params[i] for i in owners]
+                norms = self.buffer.grad_norms(params)
+                for i, norm_i in zip(owners, norms, strict=True):
+                    self._grad_norms[i] = norm_i
+                norm = torch.linalg.vector_norm(torch.stack(norms))
+                self.opt_norms[self._t, k] = norm
+                if self.settings.grad_clip is not None:
+                    torch.nn.utils.clip_grads_with_norm_(params, self.settings.grad_clip, norm)
+            self._stepped = True
         return hook
 
     def run_user_step(self, t: int) -> dict[str, torch.Tensor]:
@@ -104,17 +104,14 @@ class CustomStepProbe(SequentialProbe):
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = self.lrs[t]
-        self._step_state = {
-            "t": t, "stepped": False, "clipped": torch.zeros((), device=self.device),
-            "norm_sq": torch.zeros(len(self.optimizers), device=self.device,
-                                   dtype=torch.float64),
-            "layer_sq": torch.zeros(len(self.layers.names), device=self.device,
-                                    dtype=torch.float64)}
+        # What the optimizer hooks measure this step; a parameter no optimizer stepped
+        # counts 0 in the gradient norms.
+        self._t, self._stepped = t, False
+        self._grad_norms = [self.buffer.no_grad] * len(self.params)
         with torch.no_grad():
-            before = [p.detach().clone() for p in self.params]
+            self.buffer.keep_weights()
         losses = self.run_user_step(t)
-        state = self._step_state
-        if not state["stepped"]:
+        if not self._stepped:
             raise StepReturnError("the training step never called optimizer.step() on any of "
                                   f"its optimizers ({', '.join(self.optimizers)})")
         for name, value in losses.items():
@@ -123,14 +120,7 @@ class CustomStepProbe(SequentialProbe):
                                                      device=self.device)
             self.named_losses[name][t] = value
         with torch.no_grad():
-            update_norm = global_norm([p - b for p, b in zip(self.params, before, strict=True)])
-            new_norm = global_norm(self.params)
-            ratio = update_norm / self.param_norm.clamp(min=1e-30)
-            self.param_norm = new_norm
-            self.buffer.write(t, state["layer_sq"].sqrt(), loss=total_loss(losses),
-                              grad_norm=state["norm_sq"].sum().sqrt(),
-                              clipped=state["clipped"], update_ratio=ratio,
-                              param_norm=new_norm, skipped=torch.zeros((), device=self.device))
+            self.buffer.record(t, self._grad_norms, total_loss(losses))
 
     def snapshot(self, step: int) -> dict[str, Any]:
         snap = super().snapshot(step)

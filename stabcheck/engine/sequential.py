@@ -2,19 +2,19 @@
 
 This is the engine every other one is checked against, so it is written to be read: one
 step (:meth:`SequentialProbe.step`) reads top to bottom like nanoGPT's loop, phase by phase,
-and writes what it measured into the on-device statistics buffer — no ``.item()``, no host
-sync. The loop around it (:func:`run_probe`) follows the one schedule every engine asks
-(:class:`~stabcheck.engine.loop.Schedule`): every ``flush_every`` steps the buffer is copied
-to the host and checked for non-finite values; a probe that went non-finite stops there, and
-the step it happened at is replayed with hooks to name the module where the NaN/Inf first
-appeared (:mod:`stabcheck.engine.nanlocate`).
+and writes what it measured into the on-device statistics buffer — a few fused norms per
+step, no ``.item()``, no host sync; the columns are derived from them at each flush
+(:mod:`stabcheck.engine.stepstats`). The loop around it (:func:`run_probe`) follows the one
+schedule every engine asks (:class:`~stabcheck.engine.loop.Schedule`): every ``flush_every``
+steps the buffer is copied to the host and checked for non-finite values; a probe that went
+non-finite stops there, and the step it happened at is replayed with hooks to name the module
+where the NaN/Inf first appeared (:mod:`stabcheck.engine.nanlocate`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,7 +29,6 @@ from stabcheck.engine.failures import (
     timeout_error,
 )
 from stabcheck.engine.instruments import (
-    CLIP_EPS,
     LayerMap,
     NonFinite,
     batch_order,
@@ -39,7 +38,7 @@ from stabcheck.engine.instruments import (
 )
 from stabcheck.engine.loop import Schedule, finish_record
 from stabcheck.engine.nanlocate import locate_nonfinite
-from stabcheck.engine.stats import StatBuffer
+from stabcheck.engine.stepstats import NormBuffer
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.problem import Problem, TensorData
 from stabcheck.records import ProbeRecord
@@ -54,19 +53,6 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=device.type, dtype=_DTYPES[dtype])
 
 
-def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of all ``tensors`` together, accumulated in float64: a float32 sum of
-    squares overflows once elements pass ~1e19 and would report a finite (if exploding)
-    gradient as infinite."""
-    return squared_norms(tensors).sum().sqrt()
-
-
-def squared_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``[len(tensors)]`` float64 squared L2 norms."""
-    return torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64)
-                        for x in tensors]).square()
-
-
 class SequentialProbe:
     """One probe's model, optimizer and data order, steppable one instrumented step at a time."""
 
@@ -78,17 +64,15 @@ class SequentialProbe:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.params: list[torch.Tensor] = [p for _, p in named]
         self.layers = LayerMap.from_names(n for n, _ in named)
-        self.layer_index = self.layers.index_tensor(self.device)
         self.optimizer = problem.make_optimizer([p for _, p in named], spec.lr)
         self.order = batch_order(spec.seed, data.n, spec.batch_size, settings.steps).to(self.device)
         self.lrs = (spec.lr * warmup_factors(settings.steps, settings.warmup_steps)).tolist()
         # Dynamic loss scaling for float16 only; disabled, every call below is a pass-through.
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=settings.dtype == "float16")
-        self.buffer = StatBuffer(settings.steps, len(self.layers.names), self.device)
+        self.buffer = NormBuffer(self.params, self.layers, settings.steps, self.device,
+                                 settings.grad_clip, loss_scaling=self.scaler.is_enabled())
         self.buffer.fill("lr", torch.tensor(self.lrs, device=self.device))
-        with torch.no_grad():
-            self.param_norm = global_norm(self.params)
 
     def forward_loss(self, step: int) -> torch.Tensor:
         """The loss of step ``step``'s batch under the current weights."""
@@ -113,42 +97,29 @@ class SequentialProbe:
         self.scaler.unscale_(self.optimizer)
 
         with torch.no_grad():
-            # Gradient norms, global and per layer, before clipping changes them.
-            owners = [i for i, p in enumerate(self.params) if p.grad is not None]
-            grad_sq = squared_norms([self.params[i].grad for i in owners])  # type: ignore[misc]
-            layer_sq = torch.zeros(len(self.layers.names), device=self.device,
-                                   dtype=torch.float64)
-            layer_sq.index_add_(0, self.layer_index[owners], grad_sq)
-            grad_norm = grad_sq.sum().sqrt()
+            # Gradient norms per parameter, before clipping changes them (global and
+            # per-layer norms are summed from these at flush time).
+            grad_norms = self.buffer.grad_norms()
 
-            # Clip as torch.nn.utils.clip_grad_norm_ does: scale by clip / (norm + eps) ≤ 1.
-            clipped = torch.zeros((), device=self.device)
+            # Clip as torch.nn.utils.clip_grad_norm_ does (it computes the same total norm):
+            # scale by clip / (norm + eps) when that is below 1.
             if self.settings.grad_clip is not None:
+                total = torch.linalg.vector_norm(torch.stack(grad_norms))
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.grad_clip,
-                                                     grad_norm)
-                clipped = (self.settings.grad_clip / (grad_norm + CLIP_EPS) < 1.0).float()
+                                                     total)
 
             # Keep the weights, to measure how far the update moves them.
-            before = [p.detach().clone() for p in self.params]
+            self.buffer.keep_weights()
 
         # Update; with fp16, GradScaler skips the step when the gradients overflowed (and
         # lowers its scale), which is loss scaling at work, not divergence.
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        skipped = (~torch.isfinite(grad_norm)).float() if self.scaler.is_enabled() \
-            else torch.zeros((), device=self.device)
 
         with torch.no_grad():
-            # ||Δθ|| / ||θ||: the step's size relative to the weights it moved.
-            update_norm = global_norm([p - b for p, b in zip(self.params, before, strict=True)])
-            new_norm = global_norm(self.params)
-            ratio = update_norm / self.param_norm.clamp(min=1e-30)
-            self.param_norm = new_norm
-
-            # Into the on-device buffer: copied to the host only at the next flush.
-            self.buffer.write(t, layer_sq.sqrt(), loss=loss.detach(), grad_norm=grad_norm,
-                              clipped=clipped, update_ratio=ratio, param_norm=new_norm,
-                              skipped=skipped)
+            # The update's norm, the new weights' norm and the loss into the step's row of
+            # the on-device buffer; the columns are derived from it at the next flush.
+            self.buffer.record(t, grad_norms, loss)
 
     def snapshot(self, step: int) -> dict[str, Any]:
         """Model, optimizer, scaler and RNG state, to replay from ``step`` later."""
@@ -157,7 +128,6 @@ class SequentialProbe:
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scaler": self.scaler.state_dict(),
-            "param_norm": self.param_norm.clone(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         }
@@ -167,7 +137,7 @@ class SequentialProbe:
         self.model.load_state_dict(snap["model"])
         self.optimizer.load_state_dict(snap["optimizer"])
         self.scaler.load_state_dict(snap["scaler"])
-        self.param_norm = snap["param_norm"].clone()
+        self.buffer.weights_loaded()
         torch.set_rng_state(snap["rng"])
         if snap["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(snap["cuda_rng"])

@@ -23,7 +23,7 @@ from stabcheck import optimizers
 from stabcheck.engine.base import EngineSettings
 from stabcheck.engine.curvature.lipschitz import lipschitz_from, spectral_norms
 from stabcheck.engine.instruments import CLIP_EPS, batch_order, build_model, warmup_factors
-from stabcheck.engine.sequential import SequentialProbe, autocast, global_norm
+from stabcheck.engine.sequential import SequentialProbe, autocast
 from stabcheck.engine.stats import StatBuffer
 from stabcheck.engine.vectorized.layout import Bound, Layout, Swap, tensor_of
 from stabcheck.engine.vectorized.scaler import StackedScaler
@@ -294,6 +294,5 @@ class CohortRun:
         self.optimizer.load_into(probe.optimizer, snap["optimizer"], pos, slices, named)
         if snap.get("scaler") is not None:
             probe.scaler.load_state_dict(StackedScaler.state_dict(snap["scaler"], pos))
-        with torch.no_grad():
-            probe.param_norm = global_norm(probe.params)
+        probe.buffer.weights_loaded()
         return probe

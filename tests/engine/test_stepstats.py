@@ -1,0 +1,209 @@
+"""The sequential engine's statistics, derived at flush from raw per-step norms, equal the
+per-step float64 formulas they replaced: every column and every per-layer gradient norm, on
+several models, optimizers, clipping and fp16 settings, and after a snapshot is restored.
+
+The reference below is the engine's former step, kept here verbatim in spirit: one float64
+``vector_norm`` per gradient, per-layer sums by ``index_add_``, a clone of every weight for
+the update's norm, the update ratio against the previous step's weight norm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from stabcheck.config import load_config
+from stabcheck.engine import EngineSettings
+from stabcheck.engine.custom import CustomStepProbe
+from stabcheck.engine.instruments import CLIP_EPS, STAT_COLUMNS
+from stabcheck.engine.sequential import SequentialProbe
+from stabcheck.plan import ProbeSpec
+from stabcheck.problem import build_problem
+
+STEPS = 14
+
+
+def _norm64(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64)
+                        for x in tensors]).square().sum().sqrt()
+
+
+def reference_step(probe: SequentialProbe, t: int, state: dict[str, Any]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Step ``t`` of ``probe`` with the former per-step formulas: its STAT_COLUMNS row and
+    per-layer gradient norms."""
+    for group in probe.optimizer.param_groups:
+        group["lr"] = probe.lrs[t]
+    loss = probe.forward_loss(t)
+    probe.optimizer.zero_grad(set_to_none=True)
+    probe.scaler.scale(loss).backward()
+    probe.scaler.unscale_(probe.optimizer)
+    clip = probe.settings.grad_clip
+    with torch.no_grad():
+        owners = [i for i, p in enumerate(probe.params) if p.grad is not None]
+        grad_sq = torch.stack([torch.linalg.vector_norm(probe.params[i].grad, dtype=torch.float64)
+                               for i in owners]).square()
+        index = torch.tensor(probe.layers.param_layer, dtype=torch.long)[owners]
+        layer_sq = torch.zeros(len(probe.layers.names), dtype=torch.float64)
+        layer_sq.index_add_(0, index, grad_sq)
+        grad_norm = grad_sq.sum().sqrt()
+        clipped = 0.0
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(probe.params, clip, grad_norm)
+            clipped = float(clip / (grad_norm + CLIP_EPS) < 1.0)
+        before = [p.detach().clone() for p in probe.params]
+    probe.scaler.step(probe.optimizer)
+    probe.scaler.update()
+    skipped = float(not bool(torch.isfinite(grad_norm))) if probe.scaler.is_enabled() else 0.0
+    with torch.no_grad():
+        update_norm = _norm64([p - b for p, b in zip(probe.params, before, strict=True)])
+        new_norm = _norm64(probe.params)
+        ratio = update_norm / state["param_norm"].clamp(min=1e-30)
+        state["param_norm"] = new_norm
+    values = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "clipped": clipped,
+              "update_ratio": float(ratio), "param_norm": float(new_norm),
+              "lr": probe.lrs[t], "skipped": skipped}
+    row = np.array([values[c] for c in STAT_COLUMNS], dtype=np.float32)
+    return row, layer_sq.sqrt().float().numpy()
+
+
+def reference_run(probe: SequentialProbe, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        state = {"param_norm": _norm64(probe.params)}
+    rows = [reference_step(probe, t, state) for t in range(steps)]
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def assert_same(stats: np.ndarray, layers: np.ndarray, ref: tuple[np.ndarray, np.ndarray],
+                layer_names: tuple[str, ...]) -> None:
+    ref_stats, ref_layers = ref
+    assert stats.shape == ref_stats.shape and layers.shape == ref_layers.shape
+    for i, name in enumerate(STAT_COLUMNS):
+        np.testing.assert_allclose(stats[:, i], ref_stats[:, i], rtol=2e-5, atol=0,
+                                   err_msg=f"column {name!r}")
+    for j, name in enumerate(layer_names):
+        np.testing.assert_allclose(layers[:, j], ref_layers[:, j], rtol=2e-5, atol=0,
+                                   err_msg=f"layer {name!r} gradient norm")
+
+
+UNUSED = """
+import torch
+from torch import nn
+
+class WithUnused(nn.Module):
+    '''An MLP with a head it never calls: that layer has no gradient, its norm is 0.'''
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.unused = nn.Linear(3, 3)
+    def forward(self, x):
+        return self.body(x)
+
+def build():
+    return WithUnused()
+"""
+
+CASES: dict[str, dict[str, Any]] = {
+    "mlp sgd momentum": {},
+    "mlp adam clipped, warmup": {"optimizer": {"name": "adam", "kwargs": {}},
+                                 "probe": {"grad_clip": 0.05, "warmup_steps": 5}},
+    "cnn batchnorm adamw clipped": {
+        "model": {"builtin": "cnn", "kwargs": {"in_channels": 1, "channels": [4, 8],
+                                                "num_classes": 3, "norm": "batchnorm"}},
+        "data": {"builtin": "images", "kwargs": {"n_samples": 64, "image_size": 8,
+                                                 "channels": 1, "n_classes": 3}},
+        "optimizer": {"name": "adamw", "kwargs": {"weight_decay": 0.1}},
+        "probe": {"grad_clip": 0.5}},
+    "transformer adamw": {
+        "model": {"builtin": "transformer", "kwargs": {"seq_len": 8, "d_model": 16,
+                                                        "n_layers": 1, "n_heads": 2}},
+        "data": {"builtin": "text", "kwargs": {"seq_len": 8, "max_samples": 64}},
+        "optimizer": {"name": "adamw", "kwargs": {}}},
+    "mlp fp16 loss scaling": {"probe": {"dtype": "float16"}},
+    "unused layer": {"model": {"builtin": None, "factory": "./unused.py:build", "kwargs": {}},
+                     "probe": {"grad_clip": 0.1}},
+}
+
+
+def _probe(write_config, write_module, updates: dict[str, Any], lr: float = 0.05,
+           cls: type = SequentialProbe) -> SequentialProbe:
+    write_module("unused.py", UNUSED)
+    loaded = load_config(write_config(updates))
+    problem = build_problem(loaded)
+    settings = EngineSettings.from_config(loaded.config.probe)
+    settings = EngineSettings(**{**settings.__dict__, "steps": STEPS})
+    spec = ProbeSpec(batch_size=16, lr=lr, seed=0)
+    return cls(problem, spec, settings, problem.data.to(problem.device))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_flushed_statistics_equal_the_per_step_formulas(case, write_config,
+                                                        write_module) -> None:
+    try:
+        probe = _probe(write_config, write_module, CASES[case])
+        reference = _probe(write_config, write_module, CASES[case])
+    except Exception as exc:  # e.g. a builtin's keyword renamed
+        raise AssertionError(f"{case}: could not build the probe: {exc}") from exc
+    for t in range(STEPS):
+        probe.step(t)
+        if t in (4, 9):  # flushes in chunks, as the schedule does
+            probe.buffer.flush(t + 1)
+    probe.buffer.flush(STEPS)
+    stats, layers = probe.buffer.host_stats, probe.buffer.host_layers
+    assert np.isfinite(stats).all()
+    assert_same(stats, layers, reference_run(reference, STEPS), probe.layers.names)
+    if "clipped" in case or "unused" in case:  # the cases were chosen so clipping fires
+        assert stats[:, STAT_COLUMNS.index("clipped")].max() == 1.0
+    if case == "unused layer":
+        assert (layers[:, probe.layers.names.index("unused")] == 0).all()
+
+
+def test_a_restored_snapshot_measures_the_next_update_against_its_own_weights(
+        write_config, write_module) -> None:
+    updates = CASES["mlp adam clipped, warmup"]
+    probe = _probe(write_config, write_module, updates)
+    reference = _probe(write_config, write_module, updates)
+    for t in range(3):
+        probe.step(t)
+    snap = probe.snapshot(3)
+    for t in range(3, 8):  # a detour, then back: as a NaN replay does
+        probe.step(t)
+    probe.restore(snap)
+    for t in range(3, STEPS):
+        probe.step(t)
+    probe.buffer.flush(STEPS)
+    assert_same(probe.buffer.host_stats, probe.buffer.host_layers,
+                reference_run(reference, STEPS), probe.layers.names)
+
+
+PLAIN_STEP = """
+import torch.nn.functional as F
+
+def train_step(model, batch, optimizers, ctx):
+    x, y = batch
+    opt = optimizers["model"]
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+"""
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_a_custom_step_measures_what_the_reference_step_does(clip, write_config,
+                                                             write_module) -> None:
+    write_module("step.py", PLAIN_STEP)
+    updates = {"step": "./step.py:train_step", "probe": {"grad_clip": clip}}
+    probe = _probe(write_config, write_module, updates, cls=CustomStepProbe)
+    reference = _probe(write_config, write_module, {"probe": {"grad_clip": clip}})
+    for t in range(STEPS):
+        probe.step(t)
+    probe.buffer.flush(STEPS)
+    ref = reference_run(reference, STEPS)
+    assert_same(probe.buffer.host_stats, probe.buffer.host_layers, ref, probe.layers.names)
+    np.testing.assert_allclose(probe.series(STEPS)["grad_norm/model"],
+                               ref[0][:, STAT_COLUMNS.index("grad_norm")], rtol=2e-5)
