@@ -2,9 +2,15 @@
 
     python -m benchmarks.bench_executors [--probes 8] [--steps 100] [--repeat 3]
     python -m benchmarks.bench_executors --scale-out [--repeat 3]
+    python -m benchmarks.bench_executors --grids [--repeat 3]
 
 ``--scale-out``: ``local`` against ``processes --workers 2`` on the quickstart sample and on a
 grid of four cohorts (four batch sizes), interleaved, medians, with the load average.
+
+``--grids``: the whole audit in-process (all of torch's intra-op threads) against two workers
+with ``cores/2`` threads each, on the built-in grids (quickstart-like MLP, 24 probes x 500
+steps, two cohorts; the same at width 256) and on the calibration corpus's LSTM with a second
+batch size (two cohorts); interleaved, medians, ratios, worker start-up, load average.
 
 Runs the same tiny CPU audit with ``--executor local`` and ``--executor process`` (one
 worker, started with ``spawn``) and prints the wall times, their ratio, and the worker's
@@ -36,9 +42,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale-out", action="store_true",
                         help="local vs processes --workers 2 (quickstart, 4-cohort grid)")
+    parser.add_argument("--grids", action="store_true",
+                        help="in-process vs two workers on the built-in grids and an LSTM")
+    parser.add_argument("--only", default=None, help="with --grids: one grid by name")
     args = parser.parse_args()
     if args.scale_out:
         scale_out(args.repeat)
+        return
+    if args.grids:
+        grids(args.repeat, args.only)
         return
     torch.set_num_threads(1)
     lrs = [float(f"{10 ** (-3 + 2 * i / max(1, args.probes - 1)):.4g}")
@@ -100,6 +112,69 @@ def scale_out(repeat: int) -> None:
             print(f"{name}: local {local:6.2f} s   processes --workers 2 {spread:6.2f} s   "
                   f"ratio processes/local = {spread / local:.2f}   (median of {repeat}; "
                   f"load average {os.getloadavg()[0]:.2f})")
+
+
+CALIBRATION = SAMPLES.parent / "calibration" / "configs"
+
+
+def _grid_configs(tmp: Path) -> dict[str, Path]:
+    """The grids of ``--grids``, written under ``tmp`` (the LSTM one next to its factories)."""
+    quick = yaml.safe_load((SAMPLES / "quickstart.yaml").read_text(encoding="utf-8"))
+    quick["probe"]["steps"] = 500
+    quick["probe"]["device"] = "cpu"
+    wide = yaml.safe_load(yaml.safe_dump(quick))
+    wide["model"]["kwargs"]["hidden"] = [256, 256]
+    lstm = yaml.safe_load((CALIBRATION / "lstm-sgd-nesterov.yaml").read_text(encoding="utf-8"))
+    lstm["sweep"]["batch_sizes"] = [16, 32]
+    paths = {}
+    for name, cfg, where in (("mlp-quickstart-500", quick, tmp),
+                             ("mlp-width256-500", wide, tmp),
+                             ("lstm-2-cohorts", lstm, CALIBRATION)):
+        cfg["name"] = name
+        path = where / f"_bench_{name}.yaml" if where is CALIBRATION else where / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        paths[name] = path
+    return paths
+
+
+def grids(repeat: int, only: str | None) -> None:
+    """In-process against two workers on each grid, interleaved, medians of ``repeat``."""
+    cores = os.cpu_count() or 1
+    variants = {"local": LocalExecutor, "2 workers": lambda: ProcessExecutor(workers=2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _grid_configs(Path(tmp))
+        try:
+            for name, path in paths.items():
+                if only is not None and name != only:
+                    continue
+                loaded = load_config(path)
+                times: dict[str, list[float]] = {kind: [] for kind in variants}
+                startups: list[float] = []
+                for r in range(repeat):
+                    for kind, make in variants.items():  # interleaved: load drift hits both
+                        executor = make()
+                        started = time.perf_counter()
+                        run_audit(loaded, AuditOptions(out_dir=Path(tmp) / f"{name}{kind}{r}",
+                                                       executor=executor))
+                        times[kind].append(time.perf_counter() - started)
+                        startups += getattr(executor, "startup_s", [])
+                local = statistics.median(times["local"])
+                spread = statistics.median(times["2 workers"])
+                print(f"{name}: local ({torch.get_num_threads()} threads) {local:6.2f} s   "
+                      f"2 workers x {max(1, cores // 2)} threads {spread:6.2f} s   "
+                      f"local/parallel = {local / spread:.2f}   worker start-up median "
+                      f"{statistics.median(startups) if startups else float('nan'):.2f} s   "
+                      f"(median of {repeat}; rounds local {_fmt(times['local'])}, "
+                      f"parallel {_fmt(times['2 workers'])}; load average "
+                      f"{os.getloadavg()[0]:.2f})", flush=True)
+        finally:
+            for path in paths.values():
+                if path.parent == CALIBRATION:
+                    path.unlink(missing_ok=True)
+
+
+def _fmt(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,22 @@
+"""What the workers' fork server imports once (:func:`stabcheck.executors.worker.worker_context`).
+
+Importing torch is most of a spawned worker's start-up; a worker forked from a server that has
+already imported it, and stabcheck's engine modules, starts with them loaded. The stand-in for
+``torch._dynamo`` goes in first (:mod:`stabcheck.nodynamo`), as in the audit's own process.
+Nothing here runs a torch operation, so the server never starts an OpenMP (intra-op) thread
+pool, and a fork from it is as safe as a fresh process; nor does it touch CUDA, so a worker
+forked from it may initialise CUDA itself.
+"""
+
+from __future__ import annotations
+
+from stabcheck import nodynamo
+
+nodynamo.install()
+
+import torch  # noqa: E402,F401
+
+import stabcheck.engine.sequential  # noqa: E402
+import stabcheck.engine.vectorized  # noqa: E402
+import stabcheck.executors.worker  # noqa: E402
+import stabcheck.problem  # noqa: E402,F401
