@@ -7,10 +7,11 @@
 ``--scale-out``: ``local`` against ``processes --workers 2`` on the quickstart sample and on a
 grid of four cohorts (four batch sizes), interleaved, medians, with the load average.
 
-``--grids``: the whole audit in-process (all of torch's intra-op threads) against two workers
-with ``cores/2`` threads each, on the built-in grids (quickstart-like MLP, 24 probes x 500
-steps, two cohorts; the same at width 256) and on the calibration corpus's LSTM with a second
-batch size (two cohorts); interleaved, medians, ratios, worker start-up, load average.
+``--grids``: the whole audit in-process (all of torch's intra-op threads) against two
+workers with ``cores/2`` threads each (forked from the preloaded fork server, and spawned as
+before), on the built-in grids (quickstart-like MLP, 24 probes x 500 steps, two cohorts; the
+same at width 256) and on the calibration corpus's LSTM with a second batch size (two
+cohorts); interleaved, medians, ratios, worker start-up, load average.
 
 Runs the same tiny CPU audit with ``--executor local`` and ``--executor process`` (one
 worker, started with ``spawn``) and prints the wall times, their ratio, and the worker's
@@ -140,7 +141,8 @@ def _grid_configs(tmp: Path) -> dict[str, Path]:
 def grids(repeat: int, only: str | None) -> None:
     """In-process against two workers on each grid, interleaved, medians of ``repeat``."""
     cores = os.cpu_count() or 1
-    variants = {"local": LocalExecutor, "2 workers": lambda: ProcessExecutor(workers=2)}
+    variants = {"local": LocalExecutor, "2 workers": lambda: ProcessExecutor(workers=2),
+                "2 spawned": lambda: ProcessExecutor(workers=2)}
     with tempfile.TemporaryDirectory() as tmp:
         paths = _grid_configs(Path(tmp))
         try:
@@ -149,24 +151,30 @@ def grids(repeat: int, only: str | None) -> None:
                     continue
                 loaded = load_config(path)
                 times: dict[str, list[float]] = {kind: [] for kind in variants}
-                startups: list[float] = []
+                startups: dict[str, list[float]] = {kind: [] for kind in variants}
                 for r in range(repeat):
                     for kind, make in variants.items():  # interleaved: load drift hits both
                         executor = make()
+                        # "2 spawned": the workers started with spawn, as before the fork server
+                        os.environ["STABCHECK_WORKER_START"] = \
+                            "spawn" if kind == "2 spawned" else "forkserver"
                         started = time.perf_counter()
                         run_audit(loaded, AuditOptions(out_dir=Path(tmp) / f"{name}{kind}{r}",
                                                        executor=executor))
                         times[kind].append(time.perf_counter() - started)
-                        startups += getattr(executor, "startup_s", [])
+                        os.environ.pop("STABCHECK_WORKER_START")
+                        startups[kind] += getattr(executor, "startup_s", [])
                 local = statistics.median(times["local"])
-                spread = statistics.median(times["2 workers"])
-                print(f"{name}: local ({torch.get_num_threads()} threads) {local:6.2f} s   "
-                      f"2 workers x {max(1, cores // 2)} threads {spread:6.2f} s   "
-                      f"local/parallel = {local / spread:.2f}   worker start-up median "
-                      f"{statistics.median(startups) if startups else float('nan'):.2f} s   "
-                      f"(median of {repeat}; rounds local {_fmt(times['local'])}, "
-                      f"parallel {_fmt(times['2 workers'])}; load average "
-                      f"{os.getloadavg()[0]:.2f})", flush=True)
+                print(f"{name}: local ({torch.get_num_threads()} threads) {local:6.2f} s "
+                      f"[{_fmt(times['local'])}]", flush=True)
+                for kind in ("2 workers", "2 spawned"):
+                    spread = statistics.median(times[kind])
+                    start = statistics.median(startups[kind]) if startups[kind] else float("nan")
+                    print(f"  {kind} x {max(1, cores // 2)} threads {spread:6.2f} s "
+                          f"[{_fmt(times[kind])}]  local/parallel = {local / spread:.2f}  "
+                          f"worker start-up median {start:.2f} s", flush=True)
+                print(f"  (median of {repeat} interleaved rounds; load average "
+                      f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
         finally:
             for path in paths.values():
                 if path.parent == CALIBRATION:

@@ -1,4 +1,5 @@
-"""The process executor: cohorts run in a worker process started with ``spawn``.
+"""The process executor: cohorts run in worker processes, forked from a fork server that has
+imported torch already (``spawn`` where there is none; :mod:`stabcheck.executors.worker`).
 
 The worker rebuilds the problem from the config (user code is imported there the same way
 as here: ``./file.py`` references are relative to the config file, ``sys.path`` is the
@@ -69,6 +70,13 @@ class ProcessExecutor:
         self.workers_started = 0
         self.startup_s: list[float] = []  # spawn to ready, per worker (for benchmarks)
         self._abort = threading.Event()  # set when the parent leaves: lanes kill and return
+
+    def prepare(self) -> None:
+        """Start the workers' fork server now (it imports torch while the audit does its
+        init checks); the resource tracker first, both with SIGINT and SIGTERM blocked so
+        that the workers forked from the server start with them blocked too."""
+        _start_resource_tracker()
+        start_fork_server()
 
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
@@ -154,7 +162,8 @@ class ProcessExecutor:
         when it was lost (hang, crash, poisoned context) and another must take over."""
         payload = Payload(loaded=job.loaded, device=device, engine=engine,
                            settings=job.settings, keys=job.keys, cohorts=todo,
-                           num_threads=threads, parent_pid=os.getpid())
+                           num_threads=threads, parent_pid=os.getpid(),
+                           environ=dict(os.environ), cwd=os.getcwd())
         results_r, results_w = ctx.Pipe(duplex=False)
         control_r, control_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, args=(payload, results_w, control_r),
@@ -315,6 +324,17 @@ def _describe_exit(code: int | None) -> str:
         name = next((s.name for s in signal.Signals if s == -code), "unknown")
         return f"signal {-code} ({name})"
     return f"exit status {code}"
+
+
+def start_fork_server() -> None:
+    """Start the fork server of :func:`worker_context` if workers come from one (a no-op
+    otherwise, or when it runs already)."""
+    ctx = worker_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        with _signals_blocked():
+            forkserver.ensure_running()
 
 
 def _start_resource_tracker() -> None:

@@ -60,6 +60,10 @@ class Payload:
     cohorts: list[Cohort]
     num_threads: int
     parent_pid: int
+    # The audit's environment and working directory now: a worker forked from the fork
+    # server would otherwise have the server's, from whenever it started.
+    environ: dict[str, str] | None = None
+    cwd: str | None = None
 
 
 
@@ -115,6 +119,12 @@ def worker_main(payload: Payload, results: Connection, control: Connection) -> N
         # A worker started from a lane thread inherits its mask: SIGTERM must reach us.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent(payload.parent_pid)
+    if payload.environ is not None:
+        os.environ.clear()
+        os.environ.update(payload.environ)
+    if payload.cwd is not None:
+        with contextlib.suppress(OSError):
+            os.chdir(payload.cwd)
 
     from stabcheck import nodynamo
 
