@@ -87,7 +87,7 @@ class ProcessExecutor:
                            torch.cuda.device_count() if job.problem.device.type == "cuda" else 0)
         threads = max(1, torch.get_num_threads() // max(1, len(lanes)))
         self._abort.clear()
-        _start_resource_tracker()
+        self.prepare()  # from this (the main) thread, not from a lane's (see preload.py)
         if len(lanes) <= 1:  # one worker: everything on this (the main) thread, as before
             for device, todo in lanes:
                 self._lane(job, todo, device, threads, on_record, on_steps, control)
