@@ -3,6 +3,7 @@
     python -m benchmarks.bench_executors [--probes 8] [--steps 100] [--repeat 3]
     python -m benchmarks.bench_executors --scale-out [--repeat 3]
     python -m benchmarks.bench_executors --grids [--repeat 3]
+    python -m benchmarks.bench_executors --startup [--repeat 3]
 
 ``--scale-out``: ``local`` against ``processes --workers 2`` on the quickstart sample and on a
 grid of four cohorts (four batch sizes), interleaved, medians, with the load average.
@@ -12,6 +13,9 @@ workers with ``cores/2`` threads each (forked from the preloaded fork server, an
 before), on the built-in grids (quickstart-like MLP, 24 probes x 500 steps, two cohorts; the
 same at width 256) and on the calibration corpus's LSTM with a second batch size (two
 cohorts); interleaved, medians, ratios, worker start-up, load average.
+
+``--startup``: one worker's start-up (start → problem rebuilt → ready) on a one-probe config,
+forked from the fork server (warm after the first round) and spawned, interleaved.
 
 Runs the same tiny CPU audit with ``--executor local`` and ``--executor process`` (one
 worker, started with ``spawn``) and prints the wall times, their ratio, and the worker's
@@ -46,7 +50,12 @@ def main() -> None:
     parser.add_argument("--grids", action="store_true",
                         help="in-process vs two workers on the built-in grids and an LSTM")
     parser.add_argument("--only", default=None, help="with --grids: one grid by name")
+    parser.add_argument("--startup", action="store_true",
+                        help="a worker's start-up: fork server vs spawn")
     args = parser.parse_args()
+    if args.startup:
+        startup(args.repeat)
+        return
     if args.scale_out:
         scale_out(args.repeat)
         return
@@ -179,6 +188,31 @@ def grids(repeat: int, only: str | None) -> None:
             for path in paths.values():
                 if path.parent == CALIBRATION:
                     path.unlink(missing_ok=True)
+
+
+def startup(repeat: int) -> None:
+    """A worker's start-up, forked from the fork server and spawned, interleaved."""
+    cfg = {"name": "startup", "model": {"builtin": "mlp", "kwargs": {
+        "in_features": 4, "hidden": [8], "out_features": 3}},
+        "data": {"builtin": "blobs", "kwargs": {"n_samples": 96, "n_features": 4,
+                                                "n_classes": 3}},
+        "sweep": {"learning_rates": [0.01], "seeds": [0], "batch_sizes": [16]},
+        "probe": {"steps": 5, "device": "cpu"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "startup.yaml"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        loaded = load_config(path)
+        for r in range(repeat):
+            for kind in ("forkserver", "spawn"):
+                os.environ["STABCHECK_WORKER_START"] = kind
+                executor = ProcessExecutor()
+                run_audit(loaded, AuditOptions(out_dir=Path(tmp) / f"{kind}{r}",
+                                               executor=executor))
+                os.environ.pop("STABCHECK_WORKER_START")
+                note = " (cold: the server imports torch first)" \
+                    if kind == "forkserver" and r == 0 else ""
+                print(f"round {r}: {kind:10s} start-up {executor.startup_s[0]:6.2f} s{note}   "
+                      f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
 
 def _fmt(values: list[float]) -> str:
