@@ -206,7 +206,8 @@ def _execute(loaded: LoadedConfig, options: AuditOptions, problem: Any, probes: 
     settings = EngineSettings.from_config(cfg.probe)
     executor = options.executor if not isinstance(options.executor, str) else \
         choose_executor(options.executor, settings.timeout_s, problem.device, options.workers,
-                        options.ray_address)
+                        options.ray_address, cohorts=len(make_cohorts(todo)),
+                        probe_steps=len(todo) * settings.steps)
     progress = options.progress
     control = Interrupts(grace_s=options.grace_s)
     interrupted = False

@@ -184,3 +184,50 @@ def test_resume_refuses_a_changed_config(tmp_path: Path) -> None:
     assert again.wait(timeout=120) == 2
     lines = log_of(out).strip().splitlines()
     assert lines[-1].startswith("error: ") and "different config" in lines[-1]
+
+
+def two_cohorts(tmp_path: Path, optimizer: dict[str, Any]) -> Path:
+    return write(tmp_path, optimizer, sweep={"batch_sizes": [16, 32]})
+
+
+def test_sigint_during_a_parallel_run_then_resume_gives_the_in_process_report(
+        tmp_path: Path) -> None:
+    """Two cohorts on two workers at once: Ctrl-C lets both running probes finish, leaves an
+    intact journal and no process behind; --resume completes it, and the report equals an
+    uninterrupted in-process audit's."""
+    config = two_cohorts(tmp_path, {"step_sleep": 0.05})
+    out = tmp_path / "r"
+    proc = start(config, out, "--executor", "processes", "--workers", "2")
+    seen = wait_for_probes(proc, out, 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log_of(out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "incomplete" and seen <= len(report["probes"]) < 10
+    assert {p["status"] for p in report["probes"]} == {"healthy"}
+    assert {p["batch_size"] for p in report["probes"]} <= {16, 32}
+    assert "Traceback" not in log_of(out)
+    assert_journal_intact(out)
+    assert_no_orphans(proc.pid)
+
+    assert start(config, out, "--executor", "processes", "--workers", "2",
+                 "--resume").wait(timeout=300) == 0, log_of(out)
+    reference = tmp_path / "reference"
+    assert start(config, reference, "--executor", "local").wait(timeout=300) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["complete"] is True and len(resumed["probes"]) == 10
+    assert strip_timings(resumed) == strip_timings(
+        json.loads((reference / "report.json").read_text()))
+
+
+def test_sigkill_of_a_parallel_audit_takes_its_workers_and_fork_server_along(
+        tmp_path: Path) -> None:
+    config = two_cohorts(tmp_path, {"step_sleep": 0.05})
+    out = tmp_path / "r"
+    proc = start(config, out, "--executor", "processes", "--workers", "2")
+    wait_for_probes(proc, out, 1)
+    os.kill(proc.pid, signal.SIGKILL)  # the parent alone: fork server and workers follow
+    proc.wait(timeout=30)
+    assert_no_orphans(proc.pid)
+    resumed = start(config, out, "--resume")  # auto: too little work to spread, in-process
+    assert resumed.wait(timeout=300) == 0, log_of(out)
+    assert len(json.loads((out / "report.json").read_text())["probes"]) == 10

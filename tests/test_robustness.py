@@ -199,9 +199,11 @@ def test_an_exception_escaping_the_engine_in_a_worker_is_charged_to_one_probe(
     assert lost["where"].startswith(str(tmp_path / "crashing.py"))
 
 
-def _children() -> list[int]:
-    """Live child processes of this one (from /proc), resource tracker aside."""
-    me, out = os.getpid(), []
+def _children(parent: int | None = None) -> list[int]:
+    """Live child processes of this one (from /proc), resource tracker aside; for the
+    workers' fork server (which lives on, to start the next audit's workers), its children,
+    the workers themselves."""
+    me, out = parent if parent is not None else os.getpid(), []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -212,7 +214,10 @@ def _children() -> list[int]:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         if int(fields[1]) == me and fields[0] != "Z" and b"resource_tracker" not in cmdline:
-            out.append(int(entry.name))
+            if b"multiprocessing.forkserver" in cmdline:
+                out += _children(int(entry.name))
+            else:
+                out.append(int(entry.name))
     return out
 
 

@@ -6,7 +6,11 @@
   ``process`` is its older name;
 * ``ray`` — each cohort a task on a Ray cluster (:mod:`stabcheck.executors.ray`);
 * ``auto`` (the default) — ``processes`` when a probe can hang or poison its process and the
-  audit must survive it: when ``probe.timeout_s`` is set, or on CUDA; ``local`` otherwise.
+  audit must survive it: when ``probe.timeout_s`` is set, or on CUDA; on a CPU with two or
+  more cores, ``processes`` with one worker per core (at most one per cohort) when there are
+  at least two independent cohorts (batch sizes) and at least :data:`PARALLEL_MIN_PROBE_STEPS`
+  probe-steps to run, enough to repay the workers' start-up (see ``docs/performance.md``,
+  "Executors", for the measurements); ``local`` otherwise.
 
 A new executor is one module (a class with ``name``, ``in_process`` and ``run``, see
 :class:`~stabcheck.executors.base.Executor`) and one line in :data:`EXECUTORS`. Importing this
@@ -16,6 +20,7 @@ package imports nothing else (the contract and the shared cohort loop are in
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from stabcheck.registry import Registry
@@ -56,17 +61,44 @@ def get_executor(name: str, workers: int | None = None,
 
 _TAKES_WORKERS = ("processes", "process")
 
+# Below this many probe-steps (probes x steps) still to run, ``auto`` keeps a CPU audit in
+# its own process even with several cohorts: the workers' start-up would not be repaid.
+PARALLEL_MIN_PROBE_STEPS = 2000
+
+
+def parallel_workers(device: torch.device, cohorts: int, probe_steps: int,
+                     cores: int | None = None) -> int | None:
+    """How many CPU workers ``auto`` runs independent cohorts on; None: stay in-process."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if device.type != "cpu" or cores < 2 or cohorts < 2 or probe_steps < PARALLEL_MIN_PROBE_STEPS:
+        return None
+    return min(cores, cohorts)
+
 
 def choose_executor(name: str, timeout_s: float | None, device: torch.device,
-                    workers: int | None = None, ray_address: str | None = None) -> Executor:
+                    workers: int | None = None, ray_address: str | None = None,
+                    cohorts: int = 1, probe_steps: int = 0) -> Executor:
     """The executor called ``name``, with ``auto`` resolved as the module docstring says
-    (and as ``processes`` when ``workers`` is given)."""
+    (and as ``processes`` when ``workers`` is given). ``cohorts`` and ``probe_steps``: the
+    independent cohorts and the probe-steps still to run. A process executor starts its
+    workers' fork server at once, so that its ``import torch`` overlaps the audit's own work
+    before the probes (the init checks)."""
     if name == "auto" and ray_address is not None:
         name = "ray"
     if name == "auto":
-        name = "processes" if (timeout_s is not None or device.type == "cuda"
-                               or workers is not None) else "local"
-    return get_executor(name, workers, ray_address)
+        spread = parallel_workers(device, cohorts, probe_steps) \
+            if timeout_s is None and workers is None else None
+        if spread is not None:
+            name, workers = "processes", spread
+        else:
+            name = "processes" if (timeout_s is not None or device.type == "cuda"
+                                   or workers is not None) else "local"
+    executor = get_executor(name, workers, ray_address)
+    prepare = getattr(executor, "prepare", None)
+    if prepare is not None:
+        prepare()
+    return executor
 
 
-__all__ = ["EXECUTORS", "EXECUTOR_CHOICES", "choose_executor", "get_executor"]
+__all__ = ["EXECUTORS", "EXECUTOR_CHOICES", "PARALLEL_MIN_PROBE_STEPS", "choose_executor",
+           "get_executor", "parallel_workers"]

@@ -1,4 +1,5 @@
-"""The process executor: cohorts run in a worker process started with ``spawn``.
+"""The process executor: cohorts run in worker processes, forked from a fork server that has
+imported torch already (``spawn`` where there is none; :mod:`stabcheck.executors.worker`).
 
 The worker rebuilds the problem from the config (user code is imported there the same way
 as here: ``./file.py`` references are relative to the config file, ``sys.path`` is the
@@ -28,47 +29,24 @@ them. A sequential engine runs one at a time, so only that one is charged.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing import resource_tracker
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from stabcheck.config import LoadedConfig
-from stabcheck.engine import EngineSettings, EngineSpec, RecordSink, StepSink
-from stabcheck.engine.failures import describe_exception
+from stabcheck.engine import EngineSpec, RecordSink, StepSink
 from stabcheck.errors import StabcheckError
-from stabcheck.executors.base import Interrupts, Job, run_cohorts, warm_up
-from stabcheck.executors.hygiene import lingering_threads
+from stabcheck.executors.base import Interrupts, Job
+from stabcheck.executors.worker import EXIT_POISONED, Payload, worker_context, worker_main
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.records import ProbeRecord
 
-EXIT_POISONED = 75  # a worker's exit status: "my CUDA context is unusable, start another"
-EXIT_CRASHED = 76  # a worker's exit status: an exception escaped the engine
 KILL_GRACE_S = 2.0  # how long lanes get to kill their workers on the way out
 POLL_S = 0.05
-
-
-@dataclass
-class _Payload:
-    """What a worker is told: picklable, no closures."""
-
-    loaded: LoadedConfig
-    device: str
-    engine: EngineSpec  # exactly the engine the parent chose, options included
-    settings: EngineSettings
-    keys: dict[int, str]
-    cohorts: list[Cohort]
-    num_threads: int
-    parent_pid: int
 
 
 def hard_limit(timeout_s: float | None) -> float | None:
@@ -93,6 +71,13 @@ class ProcessExecutor:
         self.startup_s: list[float] = []  # spawn to ready, per worker (for benchmarks)
         self._abort = threading.Event()  # set when the parent leaves: lanes kill and return
 
+    def prepare(self) -> None:
+        """Start the workers' fork server now (it imports torch while the audit does its
+        init checks); the resource tracker first, both with SIGINT and SIGTERM blocked so
+        that the workers forked from the server start with them blocked too."""
+        _start_resource_tracker()
+        start_fork_server()
+
     def run(self, job: Job, cohorts: list[Cohort], on_record: RecordSink,
             on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` in workers until done or until ``control`` asks to stop."""
@@ -102,7 +87,7 @@ class ProcessExecutor:
                            torch.cuda.device_count() if job.problem.device.type == "cuda" else 0)
         threads = max(1, torch.get_num_threads() // max(1, len(lanes)))
         self._abort.clear()
-        _start_resource_tracker()
+        self.prepare()  # from this (the main) thread, not from a lane's (see preload.py)
         if len(lanes) <= 1:  # one worker: everything on this (the main) thread, as before
             for device, todo in lanes:
                 self._lane(job, todo, device, threads, on_record, on_steps, control)
@@ -151,7 +136,7 @@ class ProcessExecutor:
               on_record: RecordSink, on_steps: StepSink, control: Interrupts) -> None:
         """Run ``cohorts`` in one worker after another on ``device`` until done."""
         concurrent = job.engine.runs_cohort_together
-        ctx = multiprocessing.get_context("spawn")
+        ctx = worker_context()
         finished: set[int] = set()
 
         def record(rec: ProbeRecord) -> None:
@@ -175,9 +160,10 @@ class ProcessExecutor:
                     control: Interrupts, device: str, threads: int) -> bool:
         """Run ``todo`` in one worker. True when it finished (or stopped on request); False
         when it was lost (hang, crash, poisoned context) and another must take over."""
-        payload = _Payload(loaded=job.loaded, device=device, engine=engine,
+        payload = Payload(loaded=job.loaded, device=device, engine=engine,
                            settings=job.settings, keys=job.keys, cohorts=todo,
-                           num_threads=threads, parent_pid=os.getpid())
+                           num_threads=threads, parent_pid=os.getpid(),
+                           environ=dict(os.environ), cwd=os.getcwd())
         results_r, results_w = ctx.Pipe(duplex=False)
         control_r, control_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=worker_main, args=(payload, results_w, control_r),
@@ -340,6 +326,17 @@ def _describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def start_fork_server() -> None:
+    """Start the fork server of :func:`worker_context` if workers come from one (a no-op
+    otherwise, or when it runs already)."""
+    ctx = worker_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        with _signals_blocked():
+            forkserver.ensure_running()
+
+
 def _start_resource_tracker() -> None:
     """Started by the first ``Process.start()``, the tracker *unblocks* SIGINT and SIGTERM
     after it (``ensure_running``), and that worker would start unprotected: start it first."""
@@ -359,92 +356,3 @@ def _signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-# ---------------------------------------------------------------- the worker process side
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Never outlive the audit: the kernel kills us if it dies (Linux), and a watchdog
-    thread exits when our parent changes (everywhere else, and as a second line)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="stabcheck-parent-watchdog", daemon=True).start()
-
-
-def _cuda_unusable() -> bool:
-    import torch
-
-    try:
-        torch.cuda.synchronize()
-        torch.zeros(1, device="cuda").add_(1).item()
-    except Exception:
-        return True
-    return False
-
-
-def worker_main(payload: _Payload, results: Connection, control: Connection) -> None:
-    """Entry point of a worker process (module-level, so ``spawn`` can import it)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a group-wide SIGTERM: the parent decides
-    if hasattr(signal, "pthread_sigmask"):
-        # A worker started from a lane thread inherits its mask: SIGTERM must reach us.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    _die_with_parent(payload.parent_pid)
-
-    import torch
-
-    from stabcheck.problem import build_problem
-
-    torch.set_num_threads(payload.num_threads)
-    try:
-        problem = build_problem(payload.loaded, device=torch.device(payload.device))
-        data = problem.data.to(problem.device)
-        engine = payload.engine.build()
-        warm_up()
-    except BaseException as exc:  # user code's KeyboardInterrupt, sys.exit(): no traceback
-        code = exc.exit_code if isinstance(exc, StabcheckError) else 3
-        results.send(("fatal", {"message": f"in the worker process: {exc}", "exit_code": code}))
-        return
-    results.send(("ready", None))
-    stopping = False
-
-    def stop_requested() -> bool:
-        nonlocal stopping
-        if not stopping:
-            with contextlib.suppress(OSError, EOFError):
-                stopping = control.poll()
-        return stopping
-
-    def on_record(record: ProbeRecord) -> None:
-        results.send(("record", record.to_dict()))
-        if record.outcome in ("error", "oom") and problem.device.type == "cuda" \
-                and _cuda_unusable():
-            results.close()
-            os._exit(EXIT_POISONED)
-
-    try:
-        run_cohorts(engine, problem, payload.cohorts, payload.settings, payload.keys, data,
-                    on_record, lambda n: results.send(("steps", n)), stop_requested,
-                    on_cohort=lambda i: results.send(("start", i)),
-                    on_note=lambda message: results.send(("note", message)))
-    except BaseException as exc:  # escaped the engine (a poisoned device, a bug, user code's
-        # KeyboardInterrupt or sys.exit()): say what, without a traceback
-        results.send(("crash", describe_exception(exc)))
-        results.close()
-        os._exit(EXIT_CRASHED)
-    results.send(("done", None))
-    if lingering_threads():  # a non-daemon thread of user code would hold the worker at exit
-        results.close()
-        os._exit(0)

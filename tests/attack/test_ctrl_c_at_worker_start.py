@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 def _spawned_worker(parent: int) -> bool:
-    """Whether ``parent`` has a multiprocessing ``spawn`` child (not the resource tracker)."""
+    """Whether ``parent`` has a multiprocessing ``spawn`` child or the workers' fork server
+    (which imports torch, then forks the worker: both are its start-up), not the resource
+    tracker."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -34,7 +36,7 @@ def _spawned_worker(parent: int) -> bool:
             cmd = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == parent and b"spawn_main" in cmd:
+        if ppid == parent and (b"spawn_main" in cmd or b"forkserver" in cmd):
             return True
     return False
 
