@@ -319,13 +319,9 @@ def engine_only(items: list[Variant], rounds: int) -> dict[str, dict[str, Any]]:
 def load_line() -> str:
     try:
         out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
-        m = re.search(r"load average[s]?:\s*(.+)$", out.strip())
-        if m:
-            return "load average " + m.group(1)
-    except OSError:
-        pass
-    try:
-        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        m = re.search(r"load averages?:\s*(.+)$", out.strip())
+        return "load average " + (m.group(1) if m else
+                                  ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     except OSError:
         return "load average unknown"
 
@@ -347,8 +343,8 @@ def _median(values: list[float]) -> float | None:
 
 def table(title: str, items: list[Variant], results: dict[str, dict[str, Any]],
           audit_label: str) -> list[str]:
-    lines = [title, f"{'variant':<34} {'probes':>6} {'steps':>5} {'plain':>8} "
-             f"{audit_label:>8} {'plain/audit':>11} {'target':>7} {'met':>7}  engine"]
+    lines = [title, f"{'variant':<34} {'probes':>6} {'steps':>5} {'plain':>8} {audit_label:>8} "
+             f"{'plain/audit':>11} {'rounds':>11} {'target':>7} {'met':>7}  engine"]
     for v in items:
         res = results[v.name]
         plain, audit = _median(res["plain"]), _median(res["audit"])
@@ -358,25 +354,22 @@ def table(title: str, items: list[Variant], results: dict[str, dict[str, Any]],
             continue
         ratio = plain / audit
         engine = res.get("engine") or _engine_of(res)
-        lines.append(f"{head} {plain:>7.2f}s {audit:>7.2f}s {ratio:>10.2f}x "
+        per_round = [p / a for p, a in zip(res["plain"], res["audit"], strict=False)]
+        spread = f"{min(per_round):.2f}-{max(per_round):.2f}"
+        lines.append(f"{head} {plain:>7.2f}s {audit:>7.2f}s {ratio:>10.2f}x {spread:>11} "
                      f"{v.target:>6.1f}x {'met' if ratio >= v.target else 'NOT met':>7}  {engine}")
     return lines
 
 
 def _engine_of(res: dict[str, Any]) -> str:
-    infos = res.get("info") or [{}]
-    info = infos[-1]
-    text = info.get("engine", "?")
-    if info.get("executor"):
-        text += f"/{info['executor']}"
-    if info.get("reason"):
-        text += f" ({info['reason']})"
-    return text
+    info = (res.get("info") or [{}])[-1]
+    return (info.get("engine", "?") + (f"/{info['executor']}" if info.get("executor") else "")
+            + (f" ({info['reason']})" if info.get("reason") else ""))
 
 
 def phase_table(items: list[Variant], results: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["audit phases (medians; 'process' = subprocess wall - report.json wall_time_s: "
-             "interpreter start, imports, CLI, writing the report)",
+             "interpreter start, imports, CLI, rendering the report)",
              f"{'variant':<34} " + " ".join(f"{p:>17}" for p in PHASES)
              + f" {'audit wall':>10} {'process':>8} {'whole':>8}"]
     for v in items:
@@ -430,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     grid = "corpus grids" if args.corpus_grid else "24 probes"
     print(f"plain/audit > 1: the audit finished sooner than the plain loop · medians of "
-          f"{rounds} interleaved round(s) · {'quick' if args.quick else grid}", flush=True)
+          f"{rounds} interleaved round(s) ('rounds': the lowest and highest per-round ratio) · "
+          f"{'quick' if args.quick else grid}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_real-") as tmp:
         write_configs(items, Path(tmp))
         if not args.engine_only:
