@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -186,11 +187,11 @@ def parse_audit(stderr: str, out_dir: Path) -> dict[str, Any]:
     return info
 
 
-def whole_process(items: list[Variant], rounds: int, threads: int | None, workdir: Path
-                  ) -> dict[str, dict[str, Any]]:
+def whole_process(items: list[Variant], rounds: int, threads: int | None, workdir: Path,
+                  results: dict[str, dict[str, Any]]) -> None:
+    """Fill ``results`` round by round (so that an interrupted run still has a table)."""
     env = _env(threads)
-    results: dict[str, dict[str, Any]] = {v.name: {"plain": [], "audit": [], "info": []}
-                                          for v in items}
+    results.update({v.name: {"plain": [], "audit": [], "info": []} for v in items})
     for r in range(rounds):
         for v in items:
             res = results[v.name]
@@ -211,7 +212,6 @@ def whole_process(items: list[Variant], rounds: int, threads: int | None, workdi
             except RuntimeError as exc:
                 res["error"] = str(exc)
             _progress(r, rounds, v.name, res, "audit")
-    return results
 
 
 # -- engine only ---------------------------------------------------------------------------
@@ -278,13 +278,12 @@ def _engine_training(problem: Any, config: Any) -> tuple[Callable[[], None], str
     return run, label
 
 
-def engine_only(items: list[Variant], rounds: int) -> dict[str, dict[str, Any]]:
+def engine_only(items: list[Variant], rounds: int, results: dict[str, dict[str, Any]]) -> None:
     from stabcheck import nodynamo
     from stabcheck.config import load_config
     from stabcheck.problem import build_problem
 
     nodynamo.install()  # as the audit does (no torch._dynamo import from torch.optim)
-    results: dict[str, dict[str, Any]] = {}
     runs: dict[str, dict[str, Callable[[], None]]] = {}
     for v in items:
         res: dict[str, Any] = {"plain": [], "audit": []}
@@ -310,7 +309,6 @@ def engine_only(items: list[Variant], rounds: int) -> dict[str, dict[str, Any]]:
             except Exception as exc:
                 res["error"] = f"{type(exc).__name__}: {exc}"
             _progress(r, rounds, v.name, res, "engine")
-    return results
 
 
 # -- output --------------------------------------------------------------------------------
@@ -392,6 +390,10 @@ def phase_table(items: list[Variant], results: dict[str, dict[str, Any]]) -> lis
     return lines
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -427,22 +429,35 @@ def main(argv: list[str] | None = None) -> int:
           f"{'quick' if args.quick else grid}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_real-") as tmp:
         write_configs(items, Path(tmp))
-        if not args.engine_only:
-            whole = whole_process(items, rounds, args.threads, Path(tmp))
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # kill PID: tables so far
+        stopped = False
+        for mode, run in (("whole", lambda res: whole_process(items, rounds, args.threads,
+                                                              Path(tmp), res)),
+                          ("engine", lambda res: engine_only(items, rounds, res))):
+            if stopped or (mode == "whole" and args.engine_only) or \
+                    (mode == "engine" and args.whole_only):
+                continue
+            results: dict[str, dict[str, Any]] = {}
+            try:
+                run(results)
+            except KeyboardInterrupt:
+                stopped = True
+                print("\ninterrupted: the tables below hold the rounds done so far", flush=True)
+            for v in items:
+                results.setdefault(v.name, {"plain": [], "audit": []})
             print()
-            print("\n".join(table("whole process: python benchmarks/plain_loop.py CONFIG vs "
-                                  "stabcheck audit CONFIG (subprocesses)", items, whole,
-                                  "audit")))
-            print(f"({load_line()})")
-            print()
-            print("\n".join(phase_table(items, whole)), flush=True)
-        if not args.whole_only:
-            engine = engine_only(items, rounds)
-            print()
-            print("\n".join(table("engine-only: training in this process, plain loop vs the "
-                                  "selected engine (setup, init checks, report excluded)",
-                                  items, engine, "engine")))
-            print(f"({load_line()})", flush=True)
+            if mode == "whole":
+                print("\n".join(table("whole process: python benchmarks/plain_loop.py CONFIG vs "
+                                      "stabcheck audit CONFIG (subprocesses)", items, results,
+                                      "audit")))
+                print(f"({load_line()})\n")
+                print("\n".join(phase_table(items, results)), flush=True)
+            else:
+                print("\n".join(table("engine-only: training in this process, plain loop vs "
+                                      "the selected engine (setup, init checks, report "
+                                      "excluded)", items, results, "engine")))
+                print(f"({load_line()})", flush=True)
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
