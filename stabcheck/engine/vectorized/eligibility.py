@@ -18,6 +18,7 @@ from stabcheck.engine.base import EngineSettings
 from stabcheck.engine.failures import free_memory
 from stabcheck.engine.instruments import COL, build_model
 from stabcheck.engine.sequential import SequentialProbe
+from stabcheck.engine.vectorized import rnn
 from stabcheck.engine.vectorized.stacked import CohortRun
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData
@@ -57,7 +58,7 @@ def model_reason(model: nn.Module) -> str | None:
                 and module.momentum is None:
             return (f"{name or 'the model'} is a {type(module).__name__} with momentum=None "
                     "(a cumulative average), which vmap-ed members cannot update")
-    return None
+    return rnn.model_reason(model)
 
 
 def _no_grad_params(problem: Problem, data: TensorData, batch_size: int) -> list[str]:
