@@ -164,7 +164,8 @@ def vectorized_choice(problem: Problem, settings: EngineSettings, data: TensorDa
         return reason, {}
     options: dict[str, Any] = {}
     try:
-        reason = model_reason(build_model(problem, 0))
+        model = build_model(problem, 0)
+        reason = model_reason(model)
         if reason:
             return reason, {}
         bs = min(p.batch_size for p in probes)
@@ -172,6 +173,10 @@ def vectorized_choice(problem: Problem, settings: EngineSettings, data: TensorDa
         if missing:
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
             return f"parameter {missing[0]}{more} gets no gradient", {}
+        reason = rnn.slower_reason(problem, model, data, probes)  # a measured speed rule
+        del model
+        if reason:
+            return reason, {}
         members = trial_members(probes, bs)
         one = EngineSettings(steps=1, dtype=settings.dtype, grad_clip=settings.grad_clip)
         stochastic = _is_stochastic(problem, data, bs)

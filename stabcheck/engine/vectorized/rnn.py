@@ -15,11 +15,19 @@ given or zero initial states, dropout between layers in training mode (per membe
 ``vmap(randomness="different")``). Not covered (:func:`model_reason`, the audit runs
 sequentially): an LSTM with ``proj_size > 0``, a subclass with its own ``forward``; a
 ``PackedSequence`` input fails the trial step, with that reason.
+
+Speed (:func:`slower_reason`): the recurrence costs a handful of ``vmap``-ed operations per
+time step whatever the number of members, where torch's own LSTM on CPU is one fused oneDNN
+kernel per layer (its GRU and RNN are not: they run step by step too, and the stacked
+recurrence beat them at every size measured). Measured on a 2-core CPU (hidden 32, batch 16,
+one thread), the stacked LSTM broke even at about one member per three time steps (5
+members at 16 steps, 13 at 32, 22 at 64), so a cohort with fewer runs sequentially.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,9 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from stabcheck.plan import ProbeSpec
+from stabcheck.problem import Problem, TensorData
+
 Tensor = torch.Tensor
 _SEQUENCE = (nn.LSTM, nn.GRU, nn.RNN)
 _CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+# Below one member per this many time steps, torch's own fused LSTM is the faster engine.
+STEPS_PER_MEMBER = 3
 
 
 def _own_forward(module: nn.Module) -> bool:
@@ -51,6 +64,49 @@ def model_reason(model: nn.Module) -> str | None:
                     "implementation")
         if not _own_forward(module):
             return f"{label} overrides forward, which the vectorized recurrence cannot follow"
+    return None
+
+
+def _time_steps(module: nn.RNNBase, args: tuple[Any, ...]) -> int:
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):  # a PackedSequence: the trial refuses it anyway
+        return 0
+    return int(x.shape[1] if module.batch_first and x.dim() == 3 else x.shape[0])
+
+
+def slower_reason(problem: Problem, model: nn.Module, data: TensorData,
+                  probes: Sequence[ProbeSpec]) -> str | None:
+    """Why the sequential engine is the faster one for this model's recurrent layers, or
+    ``None``: a recurrent layer with a fused torch kernel (the LSTM on CPU; every one on
+    other devices, unmeasured there) over more than :data:`STEPS_PER_MEMBER` time steps per
+    member of the largest cohort. One forward of ``model`` (built for the problem, spent by
+    this) on one batch measures the sequence lengths; a model without such a layer costs
+    nothing."""
+    cpu = problem.device.type == "cpu"
+    fused = {name: m for name, m in model.named_modules()
+             if isinstance(m, _SEQUENCE) and _own_forward(m) and (m.mode == "LSTM" or not cpu)}
+    if not fused or not probes:
+        return None
+    steps: dict[str, int] = {}
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args, name=name: steps.__setitem__(
+            name, max(steps.get(name, 0), _time_steps(mod, args))))
+        for name, m in fused.items()]
+    sizes = [p.batch_size for p in probes]
+    members = max(sizes.count(b) for b in set(sizes))
+    try:
+        with torch.no_grad():
+            problem.loss_fn(model, data.batch(torch.arange(min(min(sizes), data.n),
+                                                           device=problem.device)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, length in steps.items():
+        if length > STEPS_PER_MEMBER * members:
+            kind = type(fused[name]).__name__
+            return (f"{name} ({kind}) runs {length} time steps for cohorts of {members} "
+                    f"members: torch's fused {kind} is faster than the vectorized recurrence "
+                    f"below one member per {STEPS_PER_MEMBER} time steps")
     return None
 
 
@@ -110,16 +166,18 @@ def _direction(mode: str, x: Tensor, h: Tensor, c: Tensor | None,
     """One layer, one direction over ``x`` ``[L, N, H_in]``: outputs ``[L, N, H]``, ``h_n``,
     ``c_n``."""
     w_ih, w_hh, b_ih, b_hh = weights
-    gi = F.linear(x, w_ih, b_ih)  # the input projections of every time step at once
+    # The input projections of every time step at once, then unbound: indexing each step
+    # (``gi[t]``) would cost a zero-filled gradient of the whole tensor per step in backward.
+    gis = F.linear(x, w_ih, b_ih).unbind(0)
     outs: list[Tensor] = [h] * x.shape[0]
     for t in (range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])):
         if mode == "LSTM":
             assert c is not None
-            h, c = _lstm_step(gi[t], h, c, w_hh, b_hh)
+            h, c = _lstm_step(gis[t], h, c, w_hh, b_hh)
         elif mode == "GRU":
-            h = _gru_step(gi[t], h, w_hh, b_hh)
+            h = _gru_step(gis[t], h, w_hh, b_hh)
         else:
-            h = _rnn_step(gi[t], h, w_hh, b_hh, relu=mode == "RNN_RELU")
+            h = _rnn_step(gis[t], h, w_hh, b_hh, relu=mode == "RNN_RELU")
         outs[t] = h
     return torch.stack(outs), h, c
 
