@@ -12,8 +12,10 @@ Probes that share a batch size share every tensor shape, so their models can be 
   handful of whole-cohort tensor operations instead of one per parameter per probe;
 * per-member learning rates (warmup included) are ``[steps, P]`` tensors; the optimizer's
   stacked update comes from the optimizer registry (:mod:`stabcheck.optimizers`: SGD with
-  momentum, dampening, Nesterov and weight decay, Adam, AdamW), following ``torch.optim``'s
-  arithmetic;
+  momentum, dampening, Nesterov and weight decay, Adam, AdamW, RMSprop), following
+  ``torch.optim``'s arithmetic;
+* recurrent layers (``nn.LSTM``, ``GRU``, ``RNN`` and their cells) run in the stacked module
+  as a recurrence of matmuls and gates that ``vmap`` batches (:mod:`.rnn`);
 * batches are index gathers on the device from a ``[P, steps, B]`` order, the same order
   the sequential engine draws for each seed;
 * statistics go into one preallocated ``[P, steps, C]`` device buffer, copied to the host
@@ -28,11 +30,12 @@ The records it produces have exactly the sequential engine's layout (``engine=
 Buffers (BatchNorm running statistics) are stacked like parameters and updated in place
 under ``vmap``, each member's own row. What it cannot run falls back to the sequential engine
 with a one-line reason (:func:`select_engine`, :mod:`.eligibility`): optimizers without a
-stacked update, cumulative BatchNorm (``momentum=None``), parameters without gradients,
+stacked update, cumulative BatchNorm (``momentum=None``), parameters without gradients, an
+LSTM with a projection or over long sequences for a small cohort (:mod:`.rnn`),
 anything ``vmap`` refuses, and models whose trial step under ``vmap`` disagrees with the
 sequential engine's for any of the (up to three) trial members.
 
-Modules, leaves first: :mod:`.layout` and :mod:`.scaler`, :mod:`.stacked` (the stacked state
+Modules, leaves first: :mod:`.layout`, :mod:`.scaler` and :mod:`.rnn`, :mod:`.stacked` (the stacked state
 and step), :mod:`.memory`, :mod:`.eligibility`, :mod:`.replay`, :mod:`.engine`,
 :mod:`.select`.
 

@@ -18,6 +18,7 @@ from stabcheck.engine.base import EngineSettings
 from stabcheck.engine.failures import free_memory
 from stabcheck.engine.instruments import COL, build_model
 from stabcheck.engine.sequential import SequentialProbe
+from stabcheck.engine.vectorized import rnn
 from stabcheck.engine.vectorized.stacked import CohortRun
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData
@@ -57,7 +58,7 @@ def model_reason(model: nn.Module) -> str | None:
                 and module.momentum is None:
             return (f"{name or 'the model'} is a {type(module).__name__} with momentum=None "
                     "(a cumulative average), which vmap-ed members cannot update")
-    return None
+    return rnn.model_reason(model)
 
 
 def _no_grad_params(problem: Problem, data: TensorData, batch_size: int) -> list[str]:
@@ -163,7 +164,8 @@ def vectorized_choice(problem: Problem, settings: EngineSettings, data: TensorDa
         return reason, {}
     options: dict[str, Any] = {}
     try:
-        reason = model_reason(build_model(problem, 0))
+        model = build_model(problem, 0)
+        reason = model_reason(model)
         if reason:
             return reason, {}
         bs = min(p.batch_size for p in probes)
@@ -171,6 +173,10 @@ def vectorized_choice(problem: Problem, settings: EngineSettings, data: TensorDa
         if missing:
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
             return f"parameter {missing[0]}{more} gets no gradient", {}
+        reason = rnn.slower_reason(problem, model, data, probes)  # a measured speed rule
+        del model
+        if reason:
+            return reason, {}
         members = trial_members(probes, bs)
         one = EngineSettings(steps=1, dtype=settings.dtype, grad_clip=settings.grad_clip)
         stochastic = _is_stochastic(problem, data, bs)

@@ -25,6 +25,7 @@ from stabcheck.engine.curvature.lipschitz import lipschitz_from, spectral_norms
 from stabcheck.engine.instruments import CLIP_EPS, batch_order, build_model, warmup_factors
 from stabcheck.engine.sequential import SequentialProbe, autocast
 from stabcheck.engine.stats import StatBuffer
+from stabcheck.engine.vectorized import rnn
 from stabcheck.engine.vectorized.layout import Bound, Layout, Swap, tensor_of
 from stabcheck.engine.vectorized.scaler import StackedScaler
 from stabcheck.optimizers.spec import StackedOptimizer, col
@@ -71,6 +72,7 @@ class CohortRun:
         # Exactly the sequential engine's initialisation, member by member.
         models = [build_model(problem, spec.seed) for spec in self.probes]
         self.base = models[0]
+        rnn.substitute(self.base)  # recurrent layers that vmap can batch (only here)
         self.swap = Swap(self.base)
         self.layout = layout = Layout.of(self.base)
         for model in models[1:]:
