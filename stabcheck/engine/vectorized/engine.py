@@ -18,7 +18,7 @@ import numpy as np
 
 from stabcheck.engine.base import EngineEvents, EngineSettings, EngineSpec
 from stabcheck.engine.failures import describe_exception, free_memory, is_oom
-from stabcheck.engine.instruments import COL, first_nonfinite
+from stabcheck.engine.instruments import COL, first_nonfinite, rng_preserved
 from stabcheck.engine.loop import Schedule, finish_record
 from stabcheck.engine.sequential import run_probe
 from stabcheck.engine.vectorized.memory import max_members
@@ -51,6 +51,37 @@ def runaway(loss: np.ndarray) -> bool:
     if loss.size < 2 or not np.isfinite(loss[0]) or loss[0] <= 0:
         return False
     return bool(np.nanmax(loss[1:]) > RUNAWAY * loss[0])
+
+
+def early_check_due(done: int, flush_every: int) -> bool:
+    """Between flushes, after ``done`` = 1, 2, 4, 8, ... steps: look for run-aways early.
+
+    A run-away is re-run from step 0 whatever step it is found at, so every stacked step it
+    takes after it ran away is wasted work; most run-aways (the largest learning rates) rise
+    above the line within the first few steps. Powers of two keep it to ``log2(flush_every)``
+    host reads of the loss column per cohort.
+    """
+    return done % flush_every != 0 and done & (done - 1) == 0
+
+
+def early_runaways(run: CohortRun, lo: int, t: int) -> list[int]:
+    """Live members (probe positions) that ran away by step ``t`` with every statistic since
+    the last flush (``lo``) finite: exactly those the flush rule would re-run, had it been a
+    flush. A member with a non-finite statistic is left to the next flush (NaN replay)."""
+    stats = run.buffer.stats[list(run.members), :t].float().cpu().numpy()
+    return [member for pos, member in enumerate(run.members)
+            if first_nonfinite(stats[pos, lo:t]) is None
+            and runaway(stats[pos, :, COL["loss"]])]
+
+
+def _rerun(problem: Problem, spec: ProbeSpec, settings: EngineSettings, key: str,
+           data: TensorData, events: EngineEvents) -> None:
+    """A run-away member re-run from step 0 by the sequential engine (see :data:`RUNAWAY`);
+    the random stream of the members still stacked (their dropout masks) is left as it was."""
+    with rng_preserved():
+        record = run_probe(problem, spec, settings, key, data, events)
+    record.notes.append(RUNAWAY_NOTE)
+    events.record(record)
 
 
 def _compile_requested() -> bool:
@@ -182,6 +213,15 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
         t += 1
         timed_out = timed_out or schedule.past_deadline()
         if not schedule.flush_due(t) and not timed_out:
+            if rerun_runaways and early_check_due(t, settings.flush_every):
+                early = early_runaways(run, run.buffer.flushed, t)
+                for member in early:
+                    _rerun(problem, probes[member], settings, keys[probes[member].index], data,
+                           events)
+                if early:
+                    run.keep([pos for pos, m in enumerate(run.members) if m not in early])
+                    if not run.members:
+                        break
             # As in the sequential engine, a measurement needs no flush before it.
             if curvature is not None and schedule.curvature_due(t):
                 curvature.measure(t)
@@ -209,10 +249,7 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
                                 share)
             del probe
         for member in rerun:
-            spec = probes[member]
-            record = run_probe(problem, spec, settings, keys[spec.index], data, events)
-            record.notes.append(RUNAWAY_NOTE)
-            events.record(record)
+            _rerun(problem, probes[member], settings, keys[probes[member].index], data, events)
         if len(keep) < len(run.members):
             run.keep(keep)
         if timed_out:
