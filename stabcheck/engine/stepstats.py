@@ -58,10 +58,13 @@ class NormBuffer(StatBuffer):
         n = len(self.params)
         self.raw = torch.full((steps, n + 4), float("nan"), dtype=torch.float64, device=device)
         self.rows = self.raw.unbind(0)  # one view per step, made once
-        # Flat views of the weights (they are updated in place, so the views stay valid) and
-        # the weights before and after the update, flat, overwritten every step.
-        self.flat_views = [p.detach().view(-1) for p in self.params]
-        numel = sum(v.numel() for v in self.flat_views)
+        # Flat views of the weights (optimizers update them in place, so the views stay
+        # valid; see :meth:`_flat`) and the weights before and after the update, flat,
+        # overwritten every step.
+        self._ptrs: list[int] = []
+        self._views: list[torch.Tensor] = []
+        self._viewable = True
+        numel = sum(p.numel() for p in self.params)
         dtype = functools.reduce(torch.promote_types, (p.dtype for p in self.params),
                                  torch.float32 if not self.params else self.params[0].dtype)
         self.before = torch.empty(numel, dtype=dtype, device=device)
@@ -72,11 +75,23 @@ class NormBuffer(StatBuffer):
         self.weight_norm = torch.zeros((), dtype=torch.float64, device=device)
         self.weights_loaded()
 
+    def _flat(self) -> list[torch.Tensor]:
+        """The weights as flat views, remade when a parameter's storage changed (code that
+        assigns ``p.data``) and copied flat where a weight cannot be viewed so (a
+        non-contiguous one, e.g. a ``channels_last`` convolution)."""
+        ptrs = [p.data_ptr() for p in self.params]
+        if ptrs != self._ptrs or not self._viewable:
+            self._views = [p.detach().view(-1) if p.is_contiguous() else p.detach().reshape(-1)
+                           for p in self.params]
+            self._viewable = all(p.is_contiguous() for p in self.params)
+            self._ptrs = ptrs
+        return self._views
+
     def weights_loaded(self) -> None:
         """Measure the current weights: the next step's update ratio divides by their norm.
         Call after the weights were set other than by a step (restored, copied in)."""
         with torch.no_grad():
-            torch.cat(self.flat_views, out=self.after)
+            torch.cat(self._flat(), out=self.after)
             self.weight_norm = torch.linalg.vector_norm(self.after, dtype=torch.float64)
 
     def grad_norms(self, params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
@@ -86,11 +101,11 @@ class NormBuffer(StatBuffer):
 
     def keep_weights(self) -> None:
         """Copy the weights, to measure the update after the optimizer step."""
-        torch.cat(self.flat_views, out=self.before)
+        torch.cat(self._flat(), out=self.before)
 
     def record(self, step: int, grad_norms: Sequence[torch.Tensor], loss: torch.Tensor) -> None:
         """After the update: its norm, the new weights' norm and the step's row (one stack)."""
-        torch.cat(self.flat_views, out=self.after)
+        torch.cat(self._flat(), out=self.after)
         update = self.before.sub_(self.after)  # before - after: the update, negated
         update_norm = torch.linalg.vector_norm(update, dtype=torch.float64)
         weight_norm = torch.linalg.vector_norm(self.after, dtype=torch.float64)

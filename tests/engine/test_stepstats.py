@@ -207,3 +207,47 @@ def test_a_custom_step_measures_what_the_reference_step_does(clip, write_config,
     assert_same(probe.buffer.host_stats, probe.buffer.host_layers, ref, probe.layers.names)
     np.testing.assert_allclose(probe.series(STEPS)["grad_norm/model"],
                                ref[0][:, STAT_COLUMNS.index("grad_norm")], rtol=2e-5)
+
+
+CHANNELS_LAST = """
+import torch
+from torch import nn
+
+def build():
+    '''A CNN whose convolution weights are channels_last: not viewable flat.'''
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.zeros(1, 2, 8, 8))
+    return net.to(memory_format=torch.channels_last)
+"""
+
+
+def test_weights_that_are_not_flat_views_are_measured_as_the_reference_measures_them(
+        write_config, write_module) -> None:
+    # A channels_last convolution (not viewable flat), and a parameter whose storage a
+    # training loop replaced (``p.data = ...``) half-way: both measured on their current values.
+    write_module("channels_last.py", CHANNELS_LAST)
+    updates = {"model": {"builtin": None, "factory": "./channels_last.py:build", "kwargs": {}},
+               "data": {"builtin": "images", "kwargs": {"n_samples": 64, "image_size": 8,
+                                                        "channels": 2, "n_classes": 3}}}
+    probe = _probe(write_config, write_module, updates)
+    reference = _probe(write_config, write_module, updates)
+    assert not all(p.is_contiguous() for p in probe.params)
+    ref = reference_run(reference, STEPS)
+    for t in range(STEPS):
+        if t == 6:
+            with torch.no_grad():
+                for p, q in zip(probe.params, reference.params, strict=True):
+                    p.data = q.detach().clone()  # the reference's weights after its run…
+            probe.buffer.weights_loaded()
+            break
+        probe.step(t)
+    probe.buffer.flush(6)
+    assert_same(probe.buffer.host_stats[:6], probe.buffer.host_layers[:6],
+                (ref[0][:6], ref[1][:6]), probe.layers.names)
+    # …so the next update is measured against new storage: its norm must be that of the
+    # weights now in place, not of the replaced ones.
+    probe.step(6)
+    probe.buffer.flush(7)
+    new_norm = _norm64(probe.params)
+    np.testing.assert_allclose(probe.buffer.host_stats[6, STAT_COLUMNS.index("param_norm")],
+                               float(new_norm), rtol=2e-5)

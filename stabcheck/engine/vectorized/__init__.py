@@ -35,8 +35,8 @@ LSTM with a projection or over long sequences for a small cohort (:mod:`.rnn`),
 anything ``vmap`` refuses, and models whose trial step under ``vmap`` disagrees with the
 sequential engine's for any of the (up to three) trial members.
 
-Modules, leaves first: :mod:`.layout`, :mod:`.scaler` and :mod:`.rnn`, :mod:`.stacked` (the stacked state
-and step), :mod:`.memory`, :mod:`.eligibility`, :mod:`.replay`, :mod:`.engine`,
+Modules, leaves first: :mod:`.layout`, :mod:`.scaler` and :mod:`.rnn`, :mod:`.stacked` (the
+stacked state and step), :mod:`.memory`, :mod:`.eligibility`, :mod:`.replay`, :mod:`.engine`,
 :mod:`.select`.
 
 Measured by ``benchmarks/bench_engines.py``: backpropagating the summed per-member losses
