@@ -62,8 +62,12 @@ def get_executor(name: str, workers: int | None = None,
 _TAKES_WORKERS = ("processes", "process")
 
 # Below this many probe-steps (probes x steps) still to run, ``auto`` keeps a CPU audit in
-# its own process even with several cohorts: the workers' start-up would not be repaid.
-PARALLEL_MIN_PROBE_STEPS = 2000
+# its own process even with several cohorts: the workers' start-up (the fork server's
+# ``import torch``, competing with the init checks for the cores) is not repaid. Measured on
+# 2 cores (docs/performance.md, "Executors"): the quickstart sample (4,800 probe-steps) ran
+# 8.0/6.1 s in-process against 10.0/8.8 s in two workers; at 500 steps (12,000) 18.4/17.7 s
+# against 11.7/9.8 s.
+PARALLEL_MIN_PROBE_STEPS = 10_000
 
 
 def parallel_workers(device: torch.device, cohorts: int, probe_steps: int,
