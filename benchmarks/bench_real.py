@@ -51,6 +51,8 @@ from typing import Any
 import torch
 import yaml
 
+from benchmarks.bench_engines import _mlp_grid
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "calibration" / "configs"
 PLAIN_SCRIPT = ROOT / "benchmarks" / "plain_loop.py"
@@ -82,20 +84,13 @@ class Variant:
 
 
 def _mlp(name: str, width: int, quick: bool, target: float) -> Variant:
-    sweep = ({"learning_rates": [0.001, 0.01], "seeds": [0], "batch_sizes": [32]} if quick else
-             {"learning_rates": [0.001, 0.003, 0.01, 0.03], "seeds": [0, 1, 2],
-              "batch_sizes": [32, 128]})
-    return Variant(name, {
-        "name": name,
-        "model": {"builtin": "mlp", "kwargs": {"in_features": 20, "hidden": [width, width],
-                                               "out_features": 4, "activation": "relu"}},
-        "data": {"builtin": "blobs", "kwargs": {"n_samples": 2048, "n_features": 20,
-                                                "n_classes": 4}},
-        "loss": "cross_entropy",
-        "optimizer": {"name": "sgd", "kwargs": {"momentum": 0.9}},
-        "sweep": sweep,
-        "probe": {"steps": 20 if quick else 500, "device": "cpu"},
-        "fail_on": "error"}, target)
+    """The quickstart-like MLP grid of ``bench_engines`` (one definition for both benchmarks)."""
+    if quick:
+        grid = _mlp_grid(name, width, 20, [0.001, 0.01], [0], [32], "cpu")
+    else:
+        grid = _mlp_grid(name, width, 500, [0.001, 0.003, 0.01, 0.03], [0, 1, 2], [32, 128],
+                         "cpu")
+    return Variant(name, {**grid.config, "fail_on": "error"}, target)
 
 
 def _real(short: str, quick: bool, corpus_grid: bool) -> Variant:
