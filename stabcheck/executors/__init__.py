@@ -7,10 +7,11 @@
 * ``ray`` — each cohort a task on a Ray cluster (:mod:`stabcheck.executors.ray`);
 * ``auto`` (the default) — ``processes`` when a probe can hang or poison its process and the
   audit must survive it: when ``probe.timeout_s`` is set, or on CUDA; on a CPU with two or
-  more cores, ``processes`` with one worker per core (at most one per cohort) when there are
-  at least two independent cohorts (batch sizes) and at least :data:`PARALLEL_MIN_PROBE_STEPS`
-  probe-steps to run, enough to repay the workers' start-up (see ``docs/performance.md``,
-  "Executors", for the measurements); ``local`` otherwise.
+  more cores that other work already keeps busy (load average at least the core count),
+  ``processes`` with one worker per core (at most one per cohort) when there are at least two
+  independent cohorts (batch sizes) and at least :data:`PARALLEL_MIN_PROBE_STEPS` probe-steps
+  to run, enough to repay the workers' start-up (see ``docs/performance.md``, "Executors",
+  for the measurements); ``local`` otherwise.
 
 A new executor is one module (a class with ``name``, ``in_process`` and ``run``, see
 :class:`~stabcheck.executors.base.Executor`) and one line in :data:`EXECUTORS`. Importing this
@@ -70,11 +71,27 @@ _TAKES_WORKERS = ("processes", "process")
 PARALLEL_MIN_PROBE_STEPS = 10_000
 
 
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return 0.0
+
+
 def parallel_workers(device: torch.device, cohorts: int, probe_steps: int,
-                     cores: int | None = None) -> int | None:
-    """How many CPU workers ``auto`` runs independent cohorts on; None: stay in-process."""
+                     cores: int | None = None, load: float | None = None) -> int | None:
+    """How many CPU workers ``auto`` runs independent cohorts on; None: stay in-process.
+
+    Only on a CPU already busy with other work (``load``, the 1-minute load average before
+    the audit starts, at least the number of cores): there one process with all of torch's
+    intra-op threads stalls on every parallel region whose slower thread has no core, and
+    single-threaded workers ran the 12,000 probe-step grid 1.6-1.8x faster; on an idle
+    machine they were no faster (docs/performance.md, "Executors").
+    """
     cores = (os.cpu_count() or 1) if cores is None else cores
     if device.type != "cpu" or cores < 2 or cohorts < 2 or probe_steps < PARALLEL_MIN_PROBE_STEPS:
+        return None
+    if (_load_average() if load is None else load) < cores:
         return None
     return min(cores, cohorts)
 

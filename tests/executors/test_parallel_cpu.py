@@ -25,18 +25,25 @@ CPU = torch.device("cpu")
 ENOUGH = PARALLEL_MIN_PROBE_STEPS
 
 
-def test_parallel_only_with_two_cohorts_two_cores_and_enough_work() -> None:
-    assert parallel_workers(CPU, cohorts=2, probe_steps=ENOUGH, cores=2) == 2
-    assert parallel_workers(CPU, cohorts=4, probe_steps=ENOUGH, cores=2) == 2  # one per core
-    assert parallel_workers(CPU, cohorts=3, probe_steps=ENOUGH, cores=8) == 3  # one per cohort
-    assert parallel_workers(CPU, cohorts=1, probe_steps=10 * ENOUGH, cores=2) is None
-    assert parallel_workers(CPU, cohorts=2, probe_steps=ENOUGH - 1, cores=2) is None
-    assert parallel_workers(CPU, cohorts=2, probe_steps=ENOUGH, cores=1) is None
-    assert parallel_workers(torch.device("cuda"), cohorts=2, probe_steps=ENOUGH, cores=2) is None
+def test_parallel_only_with_two_cohorts_two_busy_cores_and_enough_work() -> None:
+    busy = {"cores": 2, "load": 2.0}
+    assert parallel_workers(CPU, cohorts=2, probe_steps=ENOUGH, **busy) == 2
+    assert parallel_workers(CPU, cohorts=4, probe_steps=ENOUGH, **busy) == 2  # one per core
+    assert parallel_workers(CPU, cohorts=3, probe_steps=ENOUGH, cores=8, load=8.0) == 3
+    assert parallel_workers(CPU, cohorts=1, probe_steps=10 * ENOUGH, **busy) is None
+    assert parallel_workers(CPU, cohorts=2, probe_steps=ENOUGH - 1, **busy) is None
+    assert parallel_workers(CPU, cohorts=2, probe_steps=ENOUGH, cores=1, load=4.0) is None
+    assert parallel_workers(torch.device("cuda"), cohorts=2, probe_steps=ENOUGH, **busy) is None
+    # an idle machine: torch's own threads do as well, without the workers' start-up
+    assert parallel_workers(CPU, cohorts=2, probe_steps=10 * ENOUGH, cores=2, load=1.5) is None
 
 
-def test_auto_picks_workers_on_a_multi_core_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_picks_workers_on_a_busy_multi_core_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.3, 0.3))
+    assert isinstance(choose_executor("auto", None, CPU, cohorts=2, probe_steps=ENOUGH),
+                      LocalExecutor)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     spread = choose_executor("auto", None, CPU, cohorts=2, probe_steps=ENOUGH)
     assert isinstance(spread, ProcessExecutor) and spread.workers == 2
     assert isinstance(choose_executor("auto", None, CPU, cohorts=2, probe_steps=ENOUGH - 1),
