@@ -22,6 +22,7 @@ from stabcheck.engine.instruments import CLIP_EPS, STAT_COLUMNS
 from stabcheck.engine.sequential import SequentialProbe
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import build_problem
+from tests.engine.test_custom_step import PLAIN_STEP
 
 STEPS = 14
 
@@ -177,20 +178,6 @@ def test_a_restored_snapshot_measures_the_next_update_against_its_own_weights(
     probe.buffer.flush(STEPS)
     assert_same(probe.buffer.host_stats, probe.buffer.host_layers,
                 reference_run(reference, STEPS), probe.layers.names)
-
-
-PLAIN_STEP = """
-import torch.nn.functional as F
-
-def train_step(model, batch, optimizers, ctx):
-    x, y = batch
-    opt = optimizers["model"]
-    opt.zero_grad()
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss.detach()
-"""
 
 
 @pytest.mark.parametrize("clip", [None, 0.05])

@@ -61,7 +61,7 @@ class CohortRun:
         # The stacked step leaves out an all-ones attention mask (transformers branches on its
         # values, which vmap refuses; attending everywhere is what no mask means). The
         # sequential probes unstacked from this run (replays, curvature) keep the data as is.
-        self.stacked_data, self.dropped_masks = data.without_trivial_masks()
+        self.stacked_data, _ = data.without_trivial_masks()
         # scaled_dot_product_attention through its composite (math) kernel: under vmap the
         # fused CPU kernel is chosen even for a mask that needs a gradient (T5's position
         # bias), which it cannot give; the eligibility trial turns this on where it helps.
