@@ -115,3 +115,13 @@ def time_limit(seconds: float | None, what: str) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def killed_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux's
+    ``PR_SET_PDEATHSIG``; elsewhere, or if the call fails, nothing happens)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)

@@ -15,16 +15,11 @@ kernel ties this to the thread that started it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import signal
-import sys
+from stabcheck.executors.hygiene import killed_with_parent
 
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PDEATHSIG
+killed_with_parent()  # before the slow imports below (hygiene imports nothing heavy)
 
-from stabcheck import nodynamo
+from stabcheck import nodynamo  # noqa: E402
 
 nodynamo.install()
 

@@ -10,7 +10,6 @@ through a pipe as a plain tuple: ``ready``, ``start`` (a cohort), ``steps``, ``n
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -26,7 +25,7 @@ from stabcheck.engine import EngineSettings, EngineSpec
 from stabcheck.engine.failures import describe_exception
 from stabcheck.errors import StabcheckError
 from stabcheck.executors.base import run_cohorts, warm_up
-from stabcheck.executors.hygiene import lingering_threads
+from stabcheck.executors.hygiene import killed_with_parent, lingering_threads
 from stabcheck.plan import Cohort
 from stabcheck.records import ProbeRecord
 
@@ -73,10 +72,7 @@ def _die_with_parent(parent_pid: int) -> None:
     thread exits when our parent changes or the audit is gone (everywhere else, and as a
     second line). A worker forked from the fork server has the server as its parent, which
     itself exits when the audit does."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    killed_with_parent()
     parent = os.getppid()
     if not _alive(parent_pid) or (parent != parent_pid and not _alive(parent)):
         os._exit(1)
