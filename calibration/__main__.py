@@ -1,5 +1,6 @@
 """``python -m calibration run [--models NAME ...] [--fast] [--refresh] [--rerun]
-[--engine sequential|vectorized|auto]``."""
+[--engine sequential|vectorized|auto]``; ``python -m calibration agree [--engine auto]
+[--holdout] [--rerun]`` (engine against engine, on this machine)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,27 @@ def main(argv: list[str] | None = None) -> int:
                           "file with --refresh trains the truth on this machine)")
     abl = sub.add_parser("ablate", help="corpus totals with one threshold changed at a time")
     abl.add_argument("--models", nargs="+", help="corpus configs by name (default: all)")
+    agr = sub.add_parser("agree", help="every probe's status: an engine vs the sequential one")
+    agr.add_argument("--models", nargs="+", help="corpus configs by name (default: all)")
+    agr.add_argument("--holdout", action="store_true", help="the hold-out configs")
+    agr.add_argument("--engine", choices=ENGINES[1:], default="auto")
+    agr.add_argument("--rerun", action="store_true",
+                     help="audit both engines again (without it, the cached audits are used "
+                          "and the sequential one is the recorded journal where none is cached)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.command == "ablate":
         print(ablate(config_paths(args.models)))
         return 0
+    if args.command == "agree":
+        from calibration.agree import compare, report
+
+        rows = []
+        for path in config_paths(args.models, holdout=args.holdout):
+            print(f"... {path.stem}", file=sys.stderr, flush=True)
+            rows.append(compare(path, engine=args.engine, rerun=args.rerun))
+        print(report(rows, args.engine))
+        return 0 if all(not r.differ and r.exit_codes[0] == r.exit_codes[1] for r in rows) else 1
     if args.record and args.engine != "sequential":
         parser.error("--record keeps the sequential engine's journals only "
                      "(calibration/records/ is the reference)")

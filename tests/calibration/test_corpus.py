@@ -84,3 +84,17 @@ def test_labelling_rule() -> None:
     assert label(runaway)[0] == "diverged"  # 4.5x above its best
     converged = [2.0, 0.5, 0.01, 0.01, 0.01, 0.01, 0.01, 0.04, 0.04, 0.04, 0.04, 0.04]
     assert label(converged)[0] == "healthy"  # 4x a near-zero best is noise, not a runaway
+
+
+def test_engines_agree_probe_by_probe(tmp_path: Path) -> None:
+    # GRU + RMSprop: members re-run sequentially after a run-away and members kept in the
+    # stack, both compared with the sequential engine's audit on this machine.
+    from calibration.agree import compare, report
+
+    [path] = config_paths(["gru-rmsprop"])
+    row = compare(path, engine="auto", rerun=True, out=tmp_path)
+    assert row.probes == 10 and not row.differ, report([row], "auto")
+    assert row.exit_codes == (1, 1)
+    assert row.engines.get("vectorized", 0) >= 2, row.engines  # not a sequential-only run
+    assert row.trace < 1e-4
+    assert "same status 10/10 probes; same exit code 1/1 grids" in report([row], "auto")
