@@ -28,6 +28,10 @@ class Agreement:
     trace: float = 0.0  # largest relative loss difference between the two engines' traces
 
 
+def _under(out: Path | None, engine: str) -> Path | None:
+    return None if out is None else out / engine
+
+
 def _point(record: Any) -> tuple[float, int, int]:
     """A probe's grid point (its key also hashes the config, which a recorded journal of an
     older config revision does not share)."""
@@ -50,8 +54,8 @@ def compare(path: Path, engine: str = "auto", rerun: bool = False,
             out: Path | None = None) -> Agreement:
     """Audit ``path`` with the sequential engine and with ``engine`` (each once, into its own
     cache, or under ``out``; ``rerun`` audits both again) and compare them probe by probe."""
-    ref = audit(path, rerun=rerun, engine="sequential", out=None if out is None else out / "sequential")
-    other = audit(path, rerun=rerun, engine=engine, out=None if out is None else out / engine)
+    ref = audit(path, rerun=rerun, engine="sequential", out=_under(out, "sequential"))
+    other = audit(path, rerun=rerun, engine=engine, out=_under(out, engine))
     theirs = {_point(p.record): p for p in other.diagnosis.probes}
     row = Agreement(name(path), (ref.exit_code, other.exit_code), {})
     for p in ref.diagnosis.probes:
