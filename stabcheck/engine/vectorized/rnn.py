@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from stabcheck.engine.vectorized.lstm import lstm_layer
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData
 
@@ -160,11 +161,21 @@ def _weights(module: nn.Module, suffix: str) -> tuple[Tensor, Tensor, Tensor | N
     return w_ih, w_hh, getattr(module, f"bias_ih{suffix}"), getattr(module, f"bias_hh{suffix}")
 
 
-def _direction(mode: str, x: Tensor, h: Tensor, c: Tensor | None,
-               weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
-               reverse: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def _fused_lstm(x: Tensor, weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+                ) -> bool:
+    """Whether :mod:`.lstm`'s layer computes this LSTM layer: not under autocast (whose
+    casts the matmuls of the step-by-step recurrence follow), one floating dtype."""
+    return not torch.is_autocast_enabled(x.device.type) and all(
+        w is None or w.dtype == x.dtype for w in weights)
+
+
+def direction(mode: str, x: Tensor, h: Tensor, c: Tensor | None,
+              weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+              reverse: bool, fused: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer, one direction over ``x`` ``[L, N, H_in]``: outputs ``[L, N, H]``, ``h_n``,
-    ``c_n``."""
+    ``c_n``. An LSTM goes through :func:`.lstm.lstm_layer` where ``fused`` and it can."""
+    if mode == "LSTM" and fused and c is not None and _fused_lstm(x, weights):
+        return lstm_layer(x, h, c, weights, reverse)
     w_ih, w_hh, b_ih, b_hh = weights
     # The input projections of every time step at once, then unbound: indexing each step
     # (``gi[t]``) would cost a zero-filled gradient of the whole tensor per step in backward.
@@ -212,7 +223,7 @@ def _sequence_forward(module: nn.RNNBase, input: Any, hx: Any = None) -> tuple[T
         for d in range(dirs):
             k = layer * dirs + d
             weights = _weights(module, f"_l{layer}{'_reverse' if d else ''}")
-            out, h, c = _direction(module.mode, layer_in, h0[k],
+            out, h, c = direction(module.mode, layer_in, h0[k],
                                    c0[k] if c0 is not None else None, weights, reverse=d == 1)
             outs.append(out)
             h_n.append(h)
