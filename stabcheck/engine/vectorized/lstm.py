@@ -19,7 +19,6 @@ derivatives are exact; the stacked engine's own step never needs them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -102,15 +101,14 @@ def _backward(saved: tuple[Tensor, ...], reverse: bool, d_out: Tensor | None,
     return d_x, dh, dc, d_w_ih, d_w_hh, d_bias
 
 
-def _exact_double_backward(recurrence: Callable[..., tuple[Tensor, Tensor, Tensor]],
-                           inputs: tuple[Any, ...], grads: tuple[Tensor | None, ...]
+def _exact_double_backward(inputs: tuple[Any, ...], grads: tuple[Tensor | None, ...]
                            ) -> tuple[Tensor | None, ...]:
     """The input gradients as a differentiable function of the inputs (``create_graph``):
-    the layer recomputed through ``recurrence`` and differentiated by autograd."""
+    the layer recomputed through :func:`_reference` and differentiated by autograd."""
     tensors = [(k, t) for k, t in enumerate(inputs) if isinstance(t, Tensor) and
                t.requires_grad]
     with torch.enable_grad():
-        outs = recurrence(*inputs)
+        outs = _reference(*inputs)
         pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None]
         found = torch.autograd.grad([o for o, _ in pairs], [t for _, t in tensors],
                                     [g for _, g in pairs], create_graph=True,
@@ -121,25 +119,46 @@ def _exact_double_backward(recurrence: Callable[..., tuple[Tensor, Tensor, Tenso
     return tuple(result)
 
 
-def _stacked_reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
-                       bias: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+               bias: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     """The same layer through :mod:`.rnn`'s differentiable recurrence, member by member."""
     from stabcheck.engine.vectorized import rnn  # (rnn imports this module)
 
     def one(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
             *bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out, h, c = rnn.direction("LSTM", x, h0, c0, (w_ih, w_hh, *bias, None, None)[:4],
-                                  reverse, fused=False)
+        out, h, c = rnn.direction("LSTM", x, h0, c0, (w_ih, w_hh, bias[0] if bias else None,
+                                                      None), reverse, fused=False)
         assert c is not None
         return out, h, c
-    return torch.func.vmap(one)(x, h0, c0, w_ih, w_hh, *([] if bias is None else [bias]))
+    result: tuple[Tensor, Tensor, Tensor] = torch.func.vmap(one)(
+        x, h0, c0, w_ih, w_hh, *([] if bias is None else [bias]))
+    return result
+
+
+def _input_grads(saved: tuple[Tensor, ...], reverse: bool, grads: tuple[Tensor | None, ...],
+                 need_x: bool) -> tuple[Tensor | None, ...]:
+    """The gradients of ``x, h0, c0, w_ih, w_hh, bias, reverse`` (``None``) from what
+    :func:`_forward` saved, the members leading."""
+    if torch.is_grad_enabled():  # a gradient of this gradient will be taken
+        return _exact_double_backward((*saved[:6], reverse), grads)
+    d_out, d_hn, d_cn = grads
+    return (*_backward((saved[0].contiguous(), *saved[1:]), reverse, d_out, d_hn, d_cn,
+                       need_x), None)
+
+
+def _lead(t: Tensor | None) -> Tensor | None:
+    return t.unsqueeze(0) if t is not None else None
+
+
+def _unlead(t: Tensor | None) -> Tensor | None:
+    return t.squeeze(0) if t is not None else None
 
 
 class _StackedLSTM(torch.autograd.Function):
     """:func:`_forward` / :func:`_backward` over an explicit leading member dimension."""
 
     @staticmethod
-    def forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,  # type: ignore[override]
+    def forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                 bias: Tensor | None, reverse: bool) -> tuple[Tensor, ...]:
         return _forward(x.contiguous(), h0, c0, w_ih, w_hh, bias, reverse)
 
@@ -147,21 +166,15 @@ class _StackedLSTM(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         x, h0, c0, w_ih, w_hh, bias, reverse = inputs
         ctx.reverse = reverse
-        ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(*output[3:])
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, bias, output[0], *output[3:])
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None,  # type: ignore[override]
+    def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None,
                  d_cn: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-        saved = ctx.saved_tensors
-        if torch.is_grad_enabled():  # a gradient of this gradient will be taken
-            inputs = (*saved[:6], ctx.reverse)
-            return _exact_double_backward(_stacked_reference, inputs, (d_out, d_hn, d_cn))
-        x = saved[0].contiguous()
-        return (*_backward((x, *saved[1:]), ctx.reverse, d_out, d_hn, d_cn,
-                           need_x=ctx.needs_input_grad[0]), None)
+        return _input_grads(ctx.saved_tensors, ctx.reverse, (d_out, d_hn, d_cn),
+                            ctx.needs_input_grad[0])
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -169,34 +182,21 @@ class _LSTMLayer(torch.autograd.Function):
     under ``vmap``, every member at once through :class:`_StackedLSTM`."""
 
     @staticmethod
-    def forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,  # type: ignore[override]
+    def forward(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                 bias: Tensor | None, reverse: bool) -> tuple[Tensor, ...]:
         one = _forward(x.unsqueeze(0).contiguous(), h0.unsqueeze(0), c0.unsqueeze(0),
-                       w_ih.unsqueeze(0), w_hh.unsqueeze(0),
-                       bias.unsqueeze(0) if bias is not None else None, reverse)
+                       w_ih.unsqueeze(0), w_hh.unsqueeze(0), _lead(bias), reverse)
         return tuple(t.squeeze(0) for t in one)
 
     setup_context = _StackedLSTM.setup_context
 
     @staticmethod
-    def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None,  # type: ignore[override]
+    def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None,
                  d_cn: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-        x, h0, c0, w_ih, w_hh, bias, out, *rest = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            def reference(*args: Any) -> tuple[Tensor, Tensor, Tensor]:
-                return _stacked_reference(*(a.unsqueeze(0) if isinstance(a, Tensor) else a
-                                            for a in args[:6]), args[6])
-            grads = _exact_double_backward(reference, (x, h0, c0, w_ih, w_hh, bias,
-                                                       ctx.reverse),
-                                           tuple(g.unsqueeze(0) if g is not None else None
-                                                 for g in (d_out, d_hn, d_cn)))
-            return tuple(g.squeeze(0) if g is not None else None for g in grads)
-        lead = [t.unsqueeze(0) if t is not None else None
-                for t in (x.contiguous(), h0, c0, w_ih, w_hh, bias, out)]
-        grads = _backward((*lead, *(t.unsqueeze(0) for t in rest)), ctx.reverse,
-                          *(g.unsqueeze(0) if g is not None else None
-                            for g in (d_out, d_hn, d_cn)), need_x=ctx.needs_input_grad[0])
-        return (*(g.squeeze(0) if g is not None else None for g in grads), None)
+        saved = tuple(_lead(t) for t in ctx.saved_tensors)
+        grads = _input_grads(saved, ctx.reverse,  # type: ignore[arg-type]
+                             (_lead(d_out), _lead(d_hn), _lead(d_cn)), ctx.needs_input_grad[0])
+        return tuple(_unlead(g) for g in grads)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[int | None, ...], x: Tensor, h0: Tensor, c0: Tensor,

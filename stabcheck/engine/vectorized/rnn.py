@@ -16,12 +16,15 @@ given or zero initial states, dropout between layers in training mode (per membe
 sequentially): an LSTM with ``proj_size > 0``, a subclass with its own ``forward``; a
 ``PackedSequence`` input fails the trial step, with that reason.
 
-Speed (:func:`slower_reason`): the recurrence costs a handful of ``vmap``-ed operations per
-time step whatever the number of members, where torch's own LSTM on CPU is one fused oneDNN
-kernel per layer (its GRU and RNN are not: they run step by step too, and the stacked
-recurrence beat them at every size measured). Measured on a 2-core CPU (hidden 32, batch 16,
-one thread), the stacked LSTM broke even at about one member per three time steps (5
-members at 16 steps, 13 at 32, 22 at 64), so a cohort with fewer runs sequentially.
+Speed: the LSTM, the costly one, runs each layer as one autograd Function over all members
+with its backpropagation through time written out (:mod:`.lstm`); the GRU and RNN run the
+step-by-step recurrence here, a handful of ``vmap``-ed operations per time step. Torch's own
+LSTM on CPU is one fused oneDNN kernel per layer (its GRU and RNN are not: they run step by
+step too, and the stacked recurrence beat them at every size measured). :func:`slower_reason`
+holds the measured break-even (``python -m benchmarks.bench_corpus_engines --breakeven``,
+hidden 32, batch 16, one thread, 2-core CPU): the stacked LSTM wins from about one member per
+four time steps (4 members at 16 steps, 6-8 at 32, 12-16 at 64), so a cohort with fewer runs
+sequentially.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ Tensor = torch.Tensor
 _SEQUENCE = (nn.LSTM, nn.GRU, nn.RNN)
 _CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 # Below one member per this many time steps, torch's own fused LSTM is the faster engine.
-STEPS_PER_MEMBER = 3
+STEPS_PER_MEMBER = 4
 
 
 def _own_forward(module: nn.Module) -> bool:
