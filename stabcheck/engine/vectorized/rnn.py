@@ -16,12 +16,15 @@ given or zero initial states, dropout between layers in training mode (per membe
 sequentially): an LSTM with ``proj_size > 0``, a subclass with its own ``forward``; a
 ``PackedSequence`` input fails the trial step, with that reason.
 
-Speed (:func:`slower_reason`): the recurrence costs a handful of ``vmap``-ed operations per
-time step whatever the number of members, where torch's own LSTM on CPU is one fused oneDNN
-kernel per layer (its GRU and RNN are not: they run step by step too, and the stacked
-recurrence beat them at every size measured). Measured on a 2-core CPU (hidden 32, batch 16,
-one thread), the stacked LSTM broke even at about one member per three time steps (5
-members at 16 steps, 13 at 32, 22 at 64), so a cohort with fewer runs sequentially.
+Speed: the LSTM, the costly one, runs each layer as one autograd Function over all members
+with its backpropagation through time written out (:mod:`.lstm`); the GRU and RNN run the
+step-by-step recurrence here, a handful of ``vmap``-ed operations per time step. Torch's own
+LSTM on CPU is one fused oneDNN kernel per layer (its GRU and RNN are not: they run step by
+step too, and the stacked recurrence beat them at every size measured). :func:`slower_reason`
+holds the measured break-even (``python -m benchmarks.bench_corpus_engines --breakeven``,
+hidden 32, batch 16, one thread, 2-core CPU): the stacked LSTM wins from about one member per
+four time steps (4 members at 16 steps, 6-8 at 32, 12-16 at 64), so a cohort with fewer runs
+sequentially.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from stabcheck.engine.vectorized.lstm import lstm_layer
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData
 
@@ -42,7 +46,7 @@ Tensor = torch.Tensor
 _SEQUENCE = (nn.LSTM, nn.GRU, nn.RNN)
 _CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 # Below one member per this many time steps, torch's own fused LSTM is the faster engine.
-STEPS_PER_MEMBER = 3
+STEPS_PER_MEMBER = 4
 
 
 def _own_forward(module: nn.Module) -> bool:
@@ -160,11 +164,21 @@ def _weights(module: nn.Module, suffix: str) -> tuple[Tensor, Tensor, Tensor | N
     return w_ih, w_hh, getattr(module, f"bias_ih{suffix}"), getattr(module, f"bias_hh{suffix}")
 
 
-def _direction(mode: str, x: Tensor, h: Tensor, c: Tensor | None,
-               weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
-               reverse: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def _fused_lstm(x: Tensor, weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+                ) -> bool:
+    """Whether :mod:`.lstm`'s layer computes this LSTM layer: not under autocast (whose
+    casts the matmuls of the step-by-step recurrence follow), one floating dtype."""
+    return not torch.is_autocast_enabled(x.device.type) and all(
+        w is None or w.dtype == x.dtype for w in weights)
+
+
+def direction(mode: str, x: Tensor, h: Tensor, c: Tensor | None,
+              weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
+              reverse: bool, fused: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer, one direction over ``x`` ``[L, N, H_in]``: outputs ``[L, N, H]``, ``h_n``,
-    ``c_n``."""
+    ``c_n``. An LSTM goes through :func:`.lstm.lstm_layer` where ``fused`` and it can."""
+    if mode == "LSTM" and fused and c is not None and _fused_lstm(x, weights):
+        return lstm_layer(x, h, c, weights, reverse)
     w_ih, w_hh, b_ih, b_hh = weights
     # The input projections of every time step at once, then unbound: indexing each step
     # (``gi[t]``) would cost a zero-filled gradient of the whole tensor per step in backward.
@@ -212,7 +226,7 @@ def _sequence_forward(module: nn.RNNBase, input: Any, hx: Any = None) -> tuple[T
         for d in range(dirs):
             k = layer * dirs + d
             weights = _weights(module, f"_l{layer}{'_reverse' if d else ''}")
-            out, h, c = _direction(module.mode, layer_in, h0[k],
+            out, h, c = direction(module.mode, layer_in, h0[k],
                                    c0[k] if c0 is not None else None, weights, reverse=d == 1)
             outs.append(out)
             h_n.append(h)
