@@ -115,7 +115,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
 @contextlib.contextmanager
 def folded_attention() -> Iterator[None]:
     """While the block runs, ``F.scaled_dot_product_attention`` folds the stack (module doc)."""
-    F.scaled_dot_product_attention = scaled_dot_product_attention  # type: ignore[assignment]
+    F.scaled_dot_product_attention = scaled_dot_product_attention
     try:
         yield
     finally:
