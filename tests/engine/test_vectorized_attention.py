@@ -101,3 +101,14 @@ def test_torch_gets_its_function_back_even_when_the_forward_raises() -> None:
         assert F.scaled_dot_product_attention is attention.scaled_dot_product_attention
         raise RuntimeError("boom")
     assert F.scaled_dot_product_attention is attention._TORCH_SDPA
+
+
+def test_grouped_query_attention_folds_too() -> None:
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(P, B, 4, L, D, generator=g, requires_grad=True)
+    k, v = (torch.randn(P, B, 2, L, D, generator=g, requires_grad=True) for _ in range(2))
+    ref = _member_by_member(q, k, v, None, None, enable_gqa=True)
+    out = _folded(q, k, v, None, None, enable_gqa=True)
+    assert torch.equal(out, ref)
+    for a, b in zip(_grads(out, [q, k, v]), _grads(ref, [q, k, v]), strict=True):
+        assert torch.equal(a, b)

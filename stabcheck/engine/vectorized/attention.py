@@ -50,6 +50,11 @@ def _fold_mask(mask: torch.Tensor | None, bdim: int | None, members: int, batch:
     return mask.reshape(members * batch, *mask.shape[2:])
 
 
+def _gqa(enable_gqa: bool) -> dict[str, bool]:
+    """``enable_gqa`` only where it was asked for (torch < 2.5 has no such argument)."""
+    return {"enable_gqa": True} if enable_gqa else {}
+
+
 class _FoldedAttention(torch.autograd.Function):
     """Attention whose ``vmap`` rule is one call over the folded stack (see the module)."""
 
@@ -60,7 +65,7 @@ class _FoldedAttention(torch.autograd.Function):
                 mask: torch.Tensor | None, is_causal: bool, scale: float | None,
                 enable_gqa: bool) -> torch.Tensor:
         return _TORCH_SDPA(query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale,
-                           enable_gqa=enable_gqa)
+                           **_gqa(enable_gqa))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
@@ -79,7 +84,7 @@ class _FoldedAttention(torch.autograd.Function):
         mask = _fold_mask(mask, in_dims[3], members, folded.shape[0] // members)
         out = _TORCH_SDPA(folded, _fold(key, in_dims[1], members),
                           _fold(value, in_dims[2], members), attn_mask=mask,
-                          is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                          is_causal=is_causal, scale=scale, **_gqa(enable_gqa))
         return out.view(members, -1, *out.shape[1:]), 0
 
 
@@ -106,7 +111,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     """``torch.nn.functional.scaled_dot_product_attention``, folded when under ``vmap``."""
     if not _foldable(query, key, value, attn_mask, dropout_p):
         return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                           is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                           is_causal=is_causal, scale=scale, **_gqa(enable_gqa))
     out: torch.Tensor = _FoldedAttention.apply(query, key, value, attn_mask, is_causal, scale,
                                                enable_gqa)
     return out
