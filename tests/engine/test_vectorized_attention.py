@@ -86,14 +86,27 @@ def test_calls_it_cannot_fold_exactly_go_to_torch(monkeypatch: pytest.MonkeyPatc
     q, k, v = _qkv()
     _folded(q, k, v, None, None)
     assert folds == [1]
-    # Dropout inside attention (its mask must be drawn per member), 3-D inputs, no vmap.
+    # 3-D inputs, a batch of one broadcast against the others, no vmap.
     with folded_attention():
-        vmap(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5),
-             randomness="different")(q, k, v)
         vmap(lambda q, k, v: F.scaled_dot_product_attention(q[0], k[0], v[0]))(q, k, v)
+        vmap(lambda q, k, v: F.scaled_dot_product_attention(q[:1], k, v))(q, k, v)
         plain = F.scaled_dot_product_attention(q[0], k[0], v[0])
     assert folds == [1]
     assert torch.equal(plain, F.scaled_dot_product_attention(q[0], k[0], v[0]))
+
+
+def test_dropout_in_folded_attention_draws_a_mask_per_member() -> None:
+    q, k, v = (x.detach()[:1].expand(P, *x.shape[1:]) for x in _qkv())  # identical members
+    attend = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)  # noqa: E731
+    torch.manual_seed(0)
+    with folded_attention():
+        out = vmap(attend, randomness="different")(q, k, v)
+    assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2])
+    torch.manual_seed(0)  # the same seed, the same masks: reproducible
+    with folded_attention():
+        assert torch.equal(vmap(attend, randomness="different")(q, k, v), out)
+        with pytest.raises(RuntimeError, match="randomness"):
+            vmap(attend, randomness="same")(q, k, v)
 
 
 def test_torch_gets_its_function_back_even_when_the_forward_raises() -> None:

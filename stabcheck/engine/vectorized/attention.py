@@ -11,10 +11,12 @@ bitwise the per-member one (``tests/engine/test_vectorized_attention.py``).
 
 :func:`folded_attention` swaps ``torch.nn.functional.scaled_dot_product_attention`` for the
 folding version while the stacked forward runs (model code looks it up at call time, as
-Hugging Face ``transformers`` does). Calls it cannot fold exactly — dropout inside attention
-(its random mask would be drawn for the folded batch, not per member), inputs that are not the
-usual 4-D ``[batch, heads, length, dim]``, or a call outside ``vmap`` — go to torch's own
-function unchanged. Only for the summed backward (``grad_mode="sum"``): there ``vmap`` is the
+Hugging Face ``transformers`` does). Dropout inside attention draws one mask for the folded
+batch, which is an independent mask per member, as ``vmap(randomness="different")`` draws them
+(not the same numbers: masks under ``vmap`` never are the sequential engine's). Calls it cannot
+fold exactly — inputs that are not the usual 4-D ``[batch, heads, length, dim]``, a batch of
+one broadcast against the others, or a call outside ``vmap`` — go to torch's own function
+unchanged. Only for the summed backward (``grad_mode="sum"``): there ``vmap`` is the
 one transform active, and autograd records the folded call like any other.
 """
 
@@ -62,10 +64,10 @@ class _FoldedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None, is_causal: bool, scale: float | None,
-                enable_gqa: bool) -> torch.Tensor:
-        return _TORCH_SDPA(query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale,
-                           **_gqa(enable_gqa))
+                mask: torch.Tensor | None, dropout_p: float, is_causal: bool,
+                scale: float | None, enable_gqa: bool) -> torch.Tensor:
+        return _TORCH_SDPA(query, key, value, attn_mask=mask, dropout_p=dropout_p,
+                           is_causal=is_causal, scale=scale, **_gqa(enable_gqa))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
@@ -77,22 +79,28 @@ class _FoldedAttention(torch.autograd.Function):
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[int | None, ...], query: torch.Tensor, key: torch.Tensor,
-             value: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+             value: torch.Tensor, mask: torch.Tensor | None, dropout_p: float, is_causal: bool,
              scale: float | None, enable_gqa: bool) -> tuple[torch.Tensor, int]:
+        if dropout_p and info.randomness != "different":
+            # One mask drawn for the folded batch is a different mask per member: right for
+            # randomness="different" (the engine's), wrong for "same", refused under "error".
+            raise RuntimeError(f"folded attention with dropout under vmap(randomness="
+                               f"{info.randomness!r}): only 'different' is supported")
         members = info.batch_size
         folded = _fold(query, in_dims[0], members)
         mask = _fold_mask(mask, in_dims[3], members, folded.shape[0] // members)
         out = _TORCH_SDPA(folded, _fold(key, in_dims[1], members),
                           _fold(value, in_dims[2], members), attn_mask=mask,
-                          is_causal=is_causal, scale=scale, **_gqa(enable_gqa))
+                          dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                          **_gqa(enable_gqa))
         return out.view(members, -1, *out.shape[1:]), 0
 
 
 def _foldable(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              attn_mask: torch.Tensor | None, dropout_p: float) -> bool:
+              attn_mask: torch.Tensor | None) -> bool:
     """Whether the call can be folded exactly (see the module); shapes are per member."""
     tensors = [query, key, value] + ([attn_mask] if attn_mask is not None else [])
-    if dropout_p != 0.0 or not all(isinstance(t, torch.Tensor) for t in tensors):
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
         return False
     if not (query.dim() == key.dim() == value.dim() == 4
             and query.shape[0] == key.shape[0] == value.shape[0]):
@@ -109,11 +117,11 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
                                  is_causal: bool = False, scale: float | None = None,
                                  enable_gqa: bool = False) -> torch.Tensor:
     """``torch.nn.functional.scaled_dot_product_attention``, folded when under ``vmap``."""
-    if not _foldable(query, key, value, attn_mask, dropout_p):
+    if not _foldable(query, key, value, attn_mask):
         return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                            is_causal=is_causal, scale=scale, **_gqa(enable_gqa))
-    out: torch.Tensor = _FoldedAttention.apply(query, key, value, attn_mask, is_causal, scale,
-                                               enable_gqa)
+    out: torch.Tensor = _FoldedAttention.apply(query, key, value, attn_mask, dropout_p,
+                                               is_causal, scale, enable_gqa)
     return out
 
 
