@@ -55,7 +55,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
                             hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
                             num_labels=3), "data": IMAGES},
     # T5's learnable position bias is an attention mask that needs a gradient, which the
-    # fused CPU attention kernel vmap picks cannot give: the trial settles on math_attention.
+    # fused CPU attention kernel vmap picks cannot give; folded attention (one call outside
+    # vmap's per-member loop) lets torch choose the kernel that can.
     "t5": {"model": {"builtin": None, "factory": f"{CALIBRATION / 'models.py'}:t5",
                      "kwargs": {"width": 16}},
            "data": {"builtin": None, "factory": f"{CALIBRATION / 'data.py'}:copy_tokens",
@@ -79,7 +80,7 @@ def test_every_member_matches_the_sequential_engine(write_config, family: str) -
         "sweep": {"learning_rates": [0.001, 0.003], "seeds": [0, 1], "batch_sizes": [8]}})
     engine, note = _auto(problem, config)
     assert isinstance(engine, VectorizedEngine), note
-    assert engine.math_attention == (family == "t5")
+    assert not engine.math_attention  # folded attention needs no composite-kernel retry
     vec = _run(engine, problem, config)
     assert {r.engine for r in vec.values()} == {"vectorized"}
     _assert_same(_run(SequentialEngine(), problem, config), vec)
@@ -159,3 +160,35 @@ def test_a_padding_row_tied_to_an_output_layer_trains_as_in_the_sequential_engin
                                                 TIED_PADDING, [0.05, 0.1])
     assert isinstance(engine, VectorizedEngine), note
     _assert_same(_run(SequentialEngine(), problem, config), _run(engine, problem, config))
+
+
+def test_attention_dropout_runs_folded_and_trains_like_the_sequential_engine(
+        write_config, monkeypatch) -> None:
+    from stabcheck.engine.vectorized import attention
+
+    folds: list[int] = []
+    rule = attention._FoldedAttention.vmap
+
+    def counted(info, in_dims, *args):
+        folds.append(1)
+        return rule(info, in_dims, *args)
+    monkeypatch.setattr(attention._FoldedAttention, "vmap", staticmethod(counted))
+    bert = FAMILIES["bert"]
+    model = _hf("bert", "masked_lm", **{**bert["model"]["kwargs"]["config_overrides"],
+                                        "attention_probs_dropout_prob": 0.3})
+    problem, config = _problem(write_config, {
+        "model": model, "data": bert["data"], "loss": "model",
+        "optimizer": {"name": "adam", "kwargs": {}},
+        "probe": {"steps": 30, "flush_every": 10, "device": "cpu"},
+        "sweep": {"learning_rates": [0.01], "seeds": [0, 1, 2], "batch_sizes": [8]}})
+    engine, note = _auto(problem, config)
+    assert isinstance(engine, VectorizedEngine), note
+    vec = _run(engine, problem, config)
+    assert folds, "attention with dropout was not folded"
+    seq = _run(SequentialEngine(), problem, config)
+    for index, a in seq.items():  # different masks, the same training: comparable losses
+        b = vec[index]
+        assert a.outcome == b.outcome == "completed" and b.engine == "vectorized"
+        la, lb = a.series("loss"), b.series("loss")
+        assert la[-5:].mean() < la[0] and lb[-5:].mean() < lb[0]
+        assert abs(la[-5:].mean() - lb[-5:].mean()) < 0.05 * la[0]

@@ -26,6 +26,7 @@ from stabcheck.engine.instruments import CLIP_EPS, batch_order, build_model, war
 from stabcheck.engine.sequential import SequentialProbe, autocast
 from stabcheck.engine.stats import StatBuffer
 from stabcheck.engine.vectorized import rnn
+from stabcheck.engine.vectorized.attention import folded_attention
 from stabcheck.engine.vectorized.layout import Bound, Layout, Swap, tensor_of
 from stabcheck.engine.vectorized.scaler import StackedScaler
 from stabcheck.optimizers.spec import StackedOptimizer, col
@@ -146,7 +147,11 @@ class CohortRun:
             def forward(flat: torch.Tensor, batch: Batch) -> torch.Tensor:
                 return vloss(self._views(flat, (flat.shape[0],)), self.consts, batch)
 
-            fwd = torch.compile(forward, dynamic=False) if compile_step else forward
+            def folded(flat: torch.Tensor, batch: Batch) -> torch.Tensor:
+                with folded_attention():  # one attention call for the whole stack
+                    return forward(flat, batch)
+
+            fwd = torch.compile(forward, dynamic=False) if compile_step else folded
 
             def summed(flat: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
                 losses = fwd(flat, batch)
