@@ -120,6 +120,11 @@ def test_audit_imports_only_what_it_needs(audited: tuple[Path, set[str], set[str
     _, _, modules = audited
     assert "torch" in modules and "stabcheck.engine.vectorized" in modules
     assert present(modules, NOT_ON_AUDIT) == []
+    # A small grid trains in this process (the auto executor): no worker machinery, and no
+    # fork server importing torch a second time beside it.
+    assert "stabcheck.executors.local" in modules
+    assert present(modules, ("stabcheck.executors.process", "stabcheck.executors.preload",
+                             "stabcheck.executors.worker", "multiprocessing.forkserver")) == []
 
 
 def test_validate_imports_no_dynamo(audited: tuple[Path, set[str], set[str]]) -> None:
