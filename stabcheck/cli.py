@@ -7,9 +7,11 @@ mistake is one line on stderr and exit 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,27 @@ from stabcheck.errors import (
 )
 from stabcheck.executors import EXECUTOR_CHOICES
 from stabcheck.executors.hygiene import exit_process, user_output_to_stderr
+
+
+@contextlib.contextmanager
+def _imports_frozen() -> Iterator[None]:
+    """Import a command's heavy modules (torch, pydantic, rich) with the cyclic garbage
+    collector paused, then freeze what they created out of its reach.
+
+    Imports allocate long-lived objects only (torch alone about 170,000), and each full
+    collection walks them all: the two that fell inside stabcheck's own imports took 0.23 s,
+    for nothing to collect. Frozen, they are still reference-counted and finalised as ever;
+    the collector keeps working on everything made after (the user's model and data
+    included). The CLI does this in its own process only, never the library API.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 class _ListType(click.ParamType):
@@ -199,10 +222,11 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
           quiet: bool, verbose: bool,
           predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
-    from stabcheck.audit import AuditOptions, run_audit
-    from stabcheck.config import load_config
-    from stabcheck.project import project_defaults
-    from stabcheck.report.progress import PlainProgress, QuietProgress, RichProgress
+    with _imports_frozen():
+        from stabcheck.audit import AuditOptions, run_audit
+        from stabcheck.config import load_config
+        from stabcheck.project import project_defaults
+        from stabcheck.report.progress import PlainProgress, QuietProgress, RichProgress
 
     if predict_only:
         given = [flag for flag, value in (("--out", out_dir), ("--resume", resume_dir),
@@ -380,8 +404,9 @@ def compare(baseline: Path, new: Path, lr_drop_tolerance: float,
 
 
 def main() -> None:
-    """Console-script entry point (the process ends with the exit status even if user code
-    left a thread running)."""
+    """Console-script entry point: the process ends with the exit status even if user code
+    left a thread running, and without the interpreter's teardown (see
+    :func:`~stabcheck.executors.hygiene.exit_process`)."""
     exit_process(cli.main(prog_name="stabcheck", standalone_mode=False))
 
 

@@ -135,7 +135,7 @@ class Journal:
 
     def append_probe(self, record: ProbeRecord) -> None:
         """Durably append one finished probe."""
-        self._append({"type": "probe", **record.to_dict()})
+        self._append({"type": "probe", **record.field_values()})
 
     def append_init(self, seed: int, report: dict[str, Any]) -> None:
         """Durably append one seed's before-training checks."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,20 @@ def test_round_trip(tmp_path: Path) -> None:
     assert [r.outcome for r in contents.probes.values()] == ["completed", "nonfinite"]
     assert contents.probes[key(0)].trace["loss"] == [1.0, 0.5, None]
     assert contents.init[0]["initial_loss"] == 1.1
+
+
+def test_a_probe_line_is_the_records_plain_data(tmp_path: Path) -> None:
+    """The journal serialises the record's fields without :meth:`to_dict`'s deep copy: the
+    line is the same JSON, nested lists and dicts included."""
+    full = record(0)
+    full.layer_names, full.layer_grad_norms = ["fc1", "fc2"], [[0.5, None], [0.25, 1.0]]
+    full.curvature = {"lipschitz_init": 2.0, "steps": [0], "sharpness": [None]}
+    full.error, full.notes = {"type": "ValueError", "message": "m"}, ["a note"]
+    journal = Journal.create(tmp_path, {"config_digest": "abc", "config": {}})
+    journal.append_probe(full)
+    line = (tmp_path / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()[-1]
+    assert json.loads(line) == {"type": "probe", **full.to_dict()}
+    assert read_journal(tmp_path).probes[full.key] == full
 
 
 def test_truncated_last_line_is_tolerated_and_cut_on_resume(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,14 +24,15 @@ from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = """\
-import json, sys
+import gc, json, sys
 out, args = sys.argv[1], sys.argv[2:]
 from stabcheck.cli import cli
 code = cli.main(args, prog_name="stabcheck", standalone_mode=False)
 # stabcheck.nodynamo's stand-in holds the name torch._dynamo: it is not the real module.
 real = [name for name, mod in sys.modules.items() if type(mod).__name__ != "_Deferred"]
 with open(out, "w", encoding="utf-8") as fh:
-    json.dump({"code": code, "modules": sorted(real)}, fh)
+    json.dump({"code": code, "modules": sorted(real), "gc_enabled": gc.isenabled(),
+               "frozen": gc.get_freeze_count()}, fh)
 """
 # Never needed by the commands that only parse arguments or re-render a finished report.
 HEAVY = ("torch", "transformers", "pandas", "pyarrow", "matplotlib", "sympy")
@@ -41,6 +43,12 @@ NOT_ON_AUDIT = ("torch._dynamo", "torch.fx.experimental.symbolic_shapes", "sympy
 
 def imported(tmp_path: Path, *args: str) -> tuple[int, set[str]]:
     """Run ``stabcheck ARGS`` in a fresh interpreter: its exit code and ``sys.modules``."""
+    code, modules, _ = imported_with_gc(tmp_path, *args)
+    return code, modules
+
+
+def imported_with_gc(tmp_path: Path, *args: str) -> tuple[int, set[str], dict[str, Any]]:
+    """:func:`imported`, and the garbage collector's state after the command."""
     dump = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -49,7 +57,8 @@ def imported(tmp_path: Path, *args: str) -> tuple[int, set[str]]:
                           env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(dump.read_text(encoding="utf-8"))
-    return data["code"], set(data["modules"])
+    return data["code"], set(data["modules"]), {"enabled": data["gc_enabled"],
+                                                 "frozen": data["frozen"]}
 
 
 def present(modules: set[str], names: tuple[str, ...]) -> list[str]:
@@ -97,10 +106,13 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str], s
     config.write_text(yaml.safe_dump(TINY, sort_keys=False), encoding="utf-8")
     code, validated = imported(tmp, "validate", str(config))
     assert code == 0
-    code, modules = imported(tmp, "audit", str(config), "--out", str(tmp / "out"), "-q",
-                             "--format", "text")
+    code, modules, collector = imported_with_gc(tmp, "audit", str(config), "--out",
+                                                str(tmp / "out"), "-q", "--format", "text")
     assert code == 0
     assert (tmp / "out" / "probes.jsonl").exists()
+    # The heavy imports ran with the collector paused, then were frozen out of its reach;
+    # it collects again for the user's code and everything after.
+    assert collector["enabled"] and collector["frozen"] > 10_000
     return tmp / "out", validated, modules
 
 
@@ -108,6 +120,11 @@ def test_audit_imports_only_what_it_needs(audited: tuple[Path, set[str], set[str
     _, _, modules = audited
     assert "torch" in modules and "stabcheck.engine.vectorized" in modules
     assert present(modules, NOT_ON_AUDIT) == []
+    # A small grid trains in this process (the auto executor): no worker machinery, and no
+    # fork server importing torch a second time beside it.
+    assert "stabcheck.executors.local" in modules
+    assert present(modules, ("stabcheck.executors.process", "stabcheck.executors.preload",
+                             "stabcheck.executors.worker", "multiprocessing.forkserver")) == []
 
 
 def test_validate_imports_no_dynamo(audited: tuple[Path, set[str], set[str]]) -> None:
@@ -156,3 +173,39 @@ def test_vmapped_cross_entropy_is_torch_own(shape: tuple[int, ...]) -> None:
     logits = (x[0] @ w[0]).reshape(-1, shape[-1])
     assert torch.allclose(vmapped_cross_entropy(logits, target.reshape(-1)),
                           F.cross_entropy(logits, target.reshape(-1)), rtol=1e-6, atol=0)
+
+
+LEAVES_OPEN = """
+import atexit
+from pathlib import Path
+from torch import nn
+
+HERE = Path(__file__).parent
+LOG = open(HERE / "left-open.txt", "w", encoding="utf-8")  # never closed, never flushed
+LOG.write("written by the factory module\\n")
+atexit.register(lambda: (HERE / "atexit.txt").write_text("ran", encoding="utf-8"))
+
+def build():
+    return nn.Linear(4, 3)
+"""
+
+
+def test_the_cli_skips_teardown_but_runs_atexit_and_flushes_open_files(tmp_path: Path) -> None:
+    """``stabcheck`` ends with ``os._exit`` (exit_process): the user's atexit callbacks still
+    run and a file their code left open still gets what was written to it."""
+    (tmp_path / "leaves_open.py").write_text(LEAVES_OPEN, encoding="utf-8")
+    cfg = {**TINY, "model": {"factory": "./leaves_open.py:build", "kwargs": {}},
+           "sweep": {"learning_rates": [0.01], "seeds": [0], "batch_sizes": [16]},
+           "probe": {"steps": 3, "device": "cpu"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, "-m", "stabcheck", "audit", str(config), "--out",
+                           str(tmp_path / "out"), "-q", "--exit-zero"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr
+    assert "Verdict:" in proc.stderr  # stderr flushed before the exit
+    assert (tmp_path / "atexit.txt").read_text(encoding="utf-8") == "ran"
+    assert (tmp_path / "left-open.txt").read_text(encoding="utf-8") == (
+        "written by the factory module\n")
