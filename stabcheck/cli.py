@@ -31,7 +31,7 @@ from stabcheck.errors import (
     writing,
 )
 from stabcheck.executors import EXECUTOR_CHOICES
-from stabcheck.executors.hygiene import exit_process, user_output_to_stderr
+from stabcheck.executors.hygiene import exit_process, keep_freed_memory, user_output_to_stderr
 
 
 @contextlib.contextmanager
@@ -222,6 +222,7 @@ def audit(config: Path, out_dir: Path | None, resume_dir: str | None, overwrite:
           quiet: bool, verbose: bool,
           predict_only: bool = False) -> int:
     """Run short probe trainings over the sweep in CONFIG and judge their stability."""
+    keep_freed_memory()
     with _imports_frozen():
         from stabcheck.audit import AuditOptions, run_audit
         from stabcheck.config import load_config

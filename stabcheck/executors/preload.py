@@ -15,9 +15,10 @@ kernel ties this to the thread that started it.
 
 from __future__ import annotations
 
-from stabcheck.executors.hygiene import killed_with_parent
+from stabcheck.executors.hygiene import keep_freed_memory, killed_with_parent
 
 killed_with_parent()  # before the slow imports below (hygiene imports nothing heavy)
+keep_freed_memory()  # inherited by every worker forked from this server
 
 from stabcheck import nodynamo  # noqa: E402
 

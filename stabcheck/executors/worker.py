@@ -25,7 +25,7 @@ from stabcheck.engine import EngineSettings, EngineSpec
 from stabcheck.engine.failures import describe_exception
 from stabcheck.errors import StabcheckError
 from stabcheck.executors.base import run_cohorts, warm_up
-from stabcheck.executors.hygiene import killed_with_parent, lingering_threads
+from stabcheck.executors.hygiene import keep_freed_memory, killed_with_parent, lingering_threads
 from stabcheck.plan import Cohort
 from stabcheck.records import ProbeRecord
 
@@ -115,6 +115,7 @@ def worker_main(payload: Payload, results: Connection, control: Connection) -> N
         # A worker started from a lane thread inherits its mask: SIGTERM must reach us.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent(payload.parent_pid)
+    keep_freed_memory()  # a spawned worker (a forked one has it from the fork server)
     if payload.environ is not None:
         os.environ.clear()
         os.environ.update(payload.environ)
