@@ -98,18 +98,12 @@ class SequentialProbe:
 
         with torch.no_grad():
             # Gradient norms per parameter, before clipping changes them (global and
-            # per-layer norms are summed from these at flush time).
-            grad_norms = self.buffer.grad_norms()
-
-            # Clip as torch.nn.utils.clip_grad_norm_ does (it computes the same total norm):
-            # scale by clip / (norm + eps) when that is below 1.
-            if self.settings.grad_clip is not None:
-                total = torch.linalg.vector_norm(torch.stack(grad_norms))
-                torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.grad_clip,
-                                                     total)
-
-            # Keep the weights, to measure how far the update moves them.
-            self.buffer.keep_weights()
+            # per-layer norms are summed from these at flush time); with clipping, taken in
+            # float64 and the gradients scaled as torch.nn.utils.clip_grad_norm_ does.
+            if self.settings.grad_clip is None:
+                grad_norms = self.buffer.grad_norms()
+            else:
+                grad_norms, _ = self.buffer.clip_grads(self.settings.grad_clip)
 
         # Update; with fp16, GradScaler skips the step when the gradients overflowed (and
         # lowers its scale), which is loss scaling at work, not divergence.
