@@ -106,21 +106,21 @@ class NormBuffer(StatBuffer):
         self.weight_norm: Norm = self.zero_norm
         self.weights_loaded()
 
-    def norms(self, tensors: Sequence[torch.Tensor]) -> list[Norm]:
+    def norms(self, tensors: list[torch.Tensor]) -> list[Norm]:
         """The L2 norm of each tensor: on a CPU float32 ones, read and checked on the host and
         taken again in float64 where float32 is not exact; elsewhere float64 tensors."""
         if not self.on_host:
             return list(torch._foreach_norm(tensors, 2, dtype=torch.float64))
-        values: list[Norm] = [norm.item() for norm in torch._foreach_norm(tensors, 2)]
+        values = [norm.item() for norm in torch._foreach_norm(tensors, 2)]
         for i, value in enumerate(values):
-            if not exact_in_float32(value, tensors[i].numel()):  # type: ignore[arg-type]
+            if not exact_in_float32(value, tensors[i].numel()):
                 values[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64).item()
-        return values
+        return list(values)
 
     def total(self, norms: Sequence[Norm]) -> Norm:
         """The norm of all the tensors that ``norms`` are the norms of."""
         if self.on_host:  # float64, as the device's; NaN when any is NaN
-            return math.sqrt(sum(norm * norm for norm in norms))  # type: ignore[operator]
+            return math.sqrt(sum(norm * norm for norm in norms))
         return torch.linalg.vector_norm(torch.stack(norms))  # type: ignore[arg-type]
 
     def _flat(self) -> list[torch.Tensor]:

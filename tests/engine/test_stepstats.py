@@ -20,6 +20,7 @@ from stabcheck.engine import EngineSettings
 from stabcheck.engine.custom import CustomStepProbe
 from stabcheck.engine.instruments import CLIP_EPS, STAT_COLUMNS
 from stabcheck.engine.sequential import SequentialProbe
+from stabcheck.engine.stepstats import exact_in_float32
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import build_problem
 from tests.engine.test_custom_step import PLAIN_STEP
@@ -235,6 +236,59 @@ def test_weights_that_are_not_flat_views_are_measured_as_the_reference_measures_
     # weights now in place, not of the replaced ones.
     probe.step(6)
     probe.buffer.flush(7)
-    new_norm = _norm64(probe.params)
+    with torch.no_grad():
+        new_norm = _norm64(probe.params)
     np.testing.assert_allclose(probe.buffer.host_stats[6, STAT_COLUMNS.index("param_norm")],
                                float(new_norm), rtol=2e-5)
+
+
+SCALED = """
+from torch import nn
+
+SCALE = {scale!r}
+
+class Scaled(nn.Module):
+    '''An MLP whose logits are scaled: its gradients are SCALE times an MLP's.'''
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    def forward(self, x):
+        return self.body(x) * SCALE
+
+def build():
+    return Scaled()
+"""
+
+
+@pytest.mark.parametrize(("scale", "lr"), [(1e22, 1e-40), (1e-24, 0.05)],
+                         ids=["float32 sum of squares overflows", "squares are subnormal"])
+def test_norms_past_float32s_sum_of_squares_equal_the_float64_ones(scale, lr, write_config,
+                                                                   write_module) -> None:
+    # Gradients of ~1e21 are finite, but their float32 sum of squares is not; those of
+    # ~1e-25 square to 0 in float32. Either way a float32 norm would be wrong (inf, 0), and
+    # the engine must take it again in float64.
+    write_module("scaled.py", SCALED.format(scale=scale))
+    updates = {"model": {"builtin": None, "factory": "./scaled.py:build", "kwargs": {}}}
+    probe = _probe(write_config, write_module, updates, lr=lr)
+    reference = _probe(write_config, write_module, updates, lr=lr)
+    probe.step(0)
+    grads = [p.grad for p in probe.params]
+    plain = [float(torch.linalg.vector_norm(g)) for g in grads]
+    exact = [float(torch.linalg.vector_norm(g, dtype=torch.float64)) for g in grads]
+    assert any(a != pytest.approx(b, rel=1e-3, abs=0) for a, b in zip(plain, exact, strict=True))
+    for t in range(1, STEPS):
+        probe.step(t)
+    probe.buffer.flush(STEPS)
+    stats = probe.buffer.host_stats
+    assert np.isfinite(stats).all() and (stats[:, STAT_COLUMNS.index("grad_norm")] > 0).all()
+    assert_same(stats, probe.buffer.host_layers, reference_run(reference, STEPS),
+                probe.layers.names)
+
+
+def test_which_float32_norms_are_taken_again_in_float64() -> None:
+    assert exact_in_float32(1.0, 10**6) and exact_in_float32(2.0 ** 50, 1)
+    assert not exact_in_float32(float("inf"), 1)  # an overflow, or an infinite element
+    assert not exact_in_float32(2.0 ** 51, 1)  # a sum of such squares could overflow
+    assert not exact_in_float32(0.0, 4)  # all zero, or every square subnormal
+    assert exact_in_float32(1e-16, 100) and not exact_in_float32(1e-16, 10**12)
+    assert exact_in_float32(float("nan"), 4)  # NaN either way: some element is NaN
