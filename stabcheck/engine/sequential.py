@@ -2,8 +2,9 @@
 
 This is the engine every other one is checked against, so it is written to be read: one
 step (:meth:`SequentialProbe.step`) reads top to bottom like nanoGPT's loop, phase by phase,
-and writes what it measured into the on-device statistics buffer — a few fused norms per
-step, no ``.item()``, no host sync; the columns are derived from them at each flush
+and writes what it measured into the statistics buffer — a few fused norms per step, with
+no host sync (on a CPU they are read where they lie, in host memory; on another device they
+stay there); the columns are derived from them at each flush
 (:mod:`stabcheck.engine.stepstats`). The loop around it (:func:`run_probe`) follows the one
 schedule every engine asks (:class:`~stabcheck.engine.loop.Schedule`): every ``flush_every``
 steps the buffer is copied to the host and checked for non-finite values; a probe that went
@@ -111,8 +112,9 @@ class SequentialProbe:
         self.scaler.update()
 
         with torch.no_grad():
-            # The update's norm, the new weights' norm and the loss into the step's row of
-            # the on-device buffer; the columns are derived from it at the next flush.
+            # The update's norm (the weights against their copy after the step before), the
+            # new weights' norm and the loss into the step's row of the statistics buffer;
+            # the columns are derived from it at the next flush.
             self.buffer.record(t, grad_norms, loss)
 
     def snapshot(self, step: int) -> dict[str, Any]:

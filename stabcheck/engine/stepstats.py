@@ -3,13 +3,14 @@
 A bare training step is forward, backward, optimizer step. What an instrumented step adds is
 kept to a handful of fused ops (no per-step allocation beyond what the ops return):
 
-* before the update, the norm of every parameter's gradient (one ``torch._foreach_norm``)
-  and a copy of all the weights into one flat buffer allocated once (one ``torch.cat``);
-* after it, the new weights into a second flat buffer, the update as their difference (in
-  place) and the norms of both (one ``torch._foreach_norm``), written with the loss into the
-  step's row of a raw float64 ``[steps, n_params + 4]`` buffer (:data:`RAW_PARTS`). On a CPU
-  every op costs microseconds of dispatch however small its tensors, so whole-model ops on
-  the flat buffers beat one op per parameter.
+* before the update, the norm of every parameter's gradient (one ``torch._foreach_norm``);
+* after it, a flat copy of the new weights (one ``torch.cat``) into one of two flat buffers
+  allocated once, the other holding the copy taken after the step before; the update as
+  their difference (in place, over that older copy) and the norms of both (one
+  ``torch._foreach_norm``), written with the loss into the step's row of a raw float64
+  ``[steps, n_params + 4]`` buffer (:data:`RAW_PARTS`). On a CPU every op costs microseconds
+  of dispatch however small its tensors, so whole-model ops on the flat buffers beat one op
+  per parameter.
 
 On a CPU the norms are float32, as ``torch.nn.utils.clip_grad_norm_`` takes them, and they
 reach the raw buffer as Python floats (``.item()``: CPU tensors are in host memory, so this
@@ -136,8 +137,9 @@ class NormBuffer(StatBuffer):
         return self._views
 
     def weights_loaded(self) -> None:
-        """Measure the current weights: the next step's update ratio divides by their norm.
-        Call after the weights were set other than by a step (restored, copied in)."""
+        """Measure the current weights: the next step's update is measured from them and its
+        ratio divides by their norm. Call after the weights were set other than by a step
+        (restored, copied in): else the next update would count that change too."""
         with torch.no_grad():
             weights = self.copies[self.current]
             torch.cat(self._flat(), out=weights)
