@@ -213,6 +213,22 @@ def _flushing(probe: SequentialProbe) -> Callable[[int], None]:
     return step
 
 
+def _take_turns(variants: dict[str, Callable[[int], None]], steps: int, chunk: int,
+                clock: Callable[[], float], device: torch.device) -> dict[str, list[float]]:
+    """Per-step times of each variant's chunks, the variants taking turns ``chunk`` steps at
+    a time (round 0 warms up)."""
+    per_step: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(steps // chunk):
+        for name, fn in variants.items():
+            start = clock()
+            for t in range(r * chunk, (r + 1) * chunk):
+                fn(t)
+            _sync(device)
+            if r:
+                per_step[name].append((clock() - start) / chunk)
+    return per_step
+
+
 def step_overhead(grid: Grid, workdir: Path, steps: int, chunk: int,
                   clock: Callable[[], float] = time.perf_counter) -> list[str]:
     """Per-step cost of the instruments: instrumented vs bare step, for both engines.
@@ -221,9 +237,10 @@ def step_overhead(grid: Grid, workdir: Path, steps: int, chunk: int,
     ``flush_every`` steps, as the engine flushes) against the bare user step (forward, loss,
     backward, ``optimizer.step``) of the same model. Vectorized: the engine's step against
     the same stacked step with nothing measured (``step_uninstrumented``). Setup is excluded.
-    The four variants take turns, ``chunk`` steps at a time, over ``steps`` steps, timed by
-    ``clock`` (``time.thread_time`` counts only this thread's CPU time: on a machine other
-    work keeps busy, wall-clock chunks mostly measure waiting for a core). Each variant's step
+    Each engine's two variants take turns (a pair on its own, so that one engine's steps do
+    not evict the other's from the caches), ``chunk`` steps at a time, over ``steps`` steps,
+    timed by ``clock`` (``time.thread_time`` counts only this thread's CPU time: on a machine
+    other work keeps busy, wall-clock chunks mostly measure waiting for a core). Each step
     time is the best chunk (the least disturbed by other work on a shared machine, as
     ``timeit`` advises) and, in brackets, the median chunk.
     """
@@ -237,18 +254,10 @@ def step_overhead(grid: Grid, workdir: Path, steps: int, chunk: int,
         bare_seq = _bare_step(problem, spec.lr, data, seq.order)
         vec = CohortRun(problem, cohort.probes, settings, data)
         bare_vec = CohortRun(problem, cohort.probes, settings, data)
-        variants: dict[str, Callable[[int], None]] = {
-            "bare": bare_seq, "seq": _flushing(seq),
-            "vbare": bare_vec.step_uninstrumented, "vec": vec.step}
-        per_step: dict[str, list[float]] = {k: [] for k in variants}
-        for r in range(steps // chunk):  # round 0 warms up
-            for name, fn in variants.items():
-                start = clock()
-                for t in range(r * chunk, (r + 1) * chunk):
-                    fn(t)
-                _sync(problem.device)
-                if r:
-                    per_step[name].append((clock() - start) / chunk)
+        per_step = _take_turns({"bare": bare_seq, "seq": _flushing(seq)}, steps, chunk,
+                               clock, problem.device)
+        per_step |= _take_turns({"vbare": bare_vec.step_uninstrumented, "vec": vec.step},
+                                steps, chunk, clock, problem.device)
         best = {k: min(v) * 1e6 for k, v in per_step.items()}
         med = {k: statistics.median(v) * 1e6 for k, v in per_step.items()}
 
