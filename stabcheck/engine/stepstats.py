@@ -76,13 +76,16 @@ class NormBuffer(StatBuffer):
     """
 
     def __init__(self, params: Sequence[torch.Tensor], layers: LayerMap, steps: int,
-                 device: torch.device, grad_clip: float | None, loss_scaling: bool) -> None:
+                 device: torch.device, grad_clip: float | None, loss_scaling: bool,
+                 on_host: bool | None = None) -> None:
         super().__init__(steps, len(layers.names), device)
         self.params = list(params)
         self.grad_clip, self.loss_scaling = grad_clip, loss_scaling
         self.layer_index = layers.index_tensor(device)
         self.clip_norms: torch.Tensor | None = None
-        self.on_host = device.type == "cpu"  # see the module's docstring
+        # Norms read on the host (float32, checked) or kept on the device (float64): see the
+        # module's docstring; by default, on the host exactly when the device is the CPU.
+        self.on_host = device.type == "cpu" if on_host is None else on_host
         n = len(self.params)
         self.raw = torch.full((steps, n + 4), float("nan"), dtype=torch.float64, device=device)
         self.host_raw = self.raw.numpy() if self.on_host else None

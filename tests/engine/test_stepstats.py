@@ -20,7 +20,7 @@ from stabcheck.engine import EngineSettings
 from stabcheck.engine.custom import CustomStepProbe
 from stabcheck.engine.instruments import CLIP_EPS, STAT_COLUMNS
 from stabcheck.engine.sequential import SequentialProbe
-from stabcheck.engine.stepstats import exact_in_float32
+from stabcheck.engine.stepstats import NormBuffer, exact_in_float32
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import build_problem
 from tests.engine.test_custom_step import PLAIN_STEP
@@ -141,14 +141,25 @@ def _probe(write_config, write_module, updates: dict[str, Any], lr: float = 0.05
     return cls(problem, spec, settings, problem.data.to(problem.device))
 
 
+def _norms_on_device(probe: SequentialProbe) -> None:
+    """The probe's buffer as a CUDA device's: float64 norms stacked on the device, no host
+    reads (run here on the CPU)."""
+    probe.buffer = NormBuffer(probe.params, probe.layers, STEPS, probe.device,
+                              probe.settings.grad_clip, probe.scaler.is_enabled(), on_host=False)
+    probe.buffer.fill("lr", torch.tensor(probe.lrs))
+
+
+@pytest.mark.parametrize("on_host", [True, False], ids=["norms on the host", "on the device"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_flushed_statistics_equal_the_per_step_formulas(case, write_config,
+def test_flushed_statistics_equal_the_per_step_formulas(case, on_host, write_config,
                                                         write_module) -> None:
     try:
         probe = _probe(write_config, write_module, CASES[case])
         reference = _probe(write_config, write_module, CASES[case])
     except Exception as exc:  # e.g. a builtin's keyword renamed
         raise AssertionError(f"{case}: could not build the probe: {exc}") from exc
+    if not on_host:
+        _norms_on_device(probe)
     for t in range(STEPS):
         probe.step(t)
         if t in (4, 9):  # flushes in chunks, as the schedule does
@@ -181,12 +192,17 @@ def test_a_restored_snapshot_measures_the_next_update_against_its_own_weights(
                 reference_run(reference, STEPS), probe.layers.names)
 
 
+@pytest.mark.parametrize("on_host", [True, False], ids=["norms on the host", "on the device"])
 @pytest.mark.parametrize("clip", [None, 0.05])
-def test_a_custom_step_measures_what_the_reference_step_does(clip, write_config,
+def test_a_custom_step_measures_what_the_reference_step_does(clip, on_host, write_config,
                                                              write_module) -> None:
     write_module("step.py", PLAIN_STEP)
     updates = {"step": "./step.py:train_step", "probe": {"grad_clip": clip}}
     probe = _probe(write_config, write_module, updates, cls=CustomStepProbe)
+    if not on_host:
+        assert isinstance(probe, CustomStepProbe)
+        _norms_on_device(probe)
+        probe.buffer.clip_norms, probe.buffer.loss_scaling = probe.opt_norms, False
     reference = _probe(write_config, write_module, {"probe": {"grad_clip": clip}})
     for t in range(STEPS):
         probe.step(t)
