@@ -55,15 +55,26 @@ Norm = float | torch.Tensor
 # A float32 norm of n elements is its float64 value to float32 rounding when its sum of
 # squares is far from float32's largest value (2^128) and from the subnormal squares (below
 # 2^-126, each off by up to 2^-150): norm <= 2^50, and norm >= sqrt(n) * 2^-60, where the
-# subnormals' error is below 2^-30 of it.
+# subnormals' error is below 2^-30 of it; and when n is short: torch's CPU kernel adds long
+# runs of squares one after another, so its error grows with n (measured against float64:
+# 2e-7 at 7e4 elements, 1e-5 at 1e6, 4e-4 at 1e7). The flat weight buffers are therefore
+# reduced by rows of _ROW elements, whose norms are then summed in float64.
 _HUGE = 2.0 ** 50
 _TINY = 2.0 ** -60
+_LONGEST = 2 ** 16
+_ROW = 2 ** 12
+
+
+def in_float32_range(norm: float, numel: int) -> bool:
+    """Whether a float32 norm of ``numel`` elements neither overflowed nor lost digits to
+    subnormal squares (a NaN norm is NaN in float64 too: some element is NaN)."""
+    return norm != norm or math.sqrt(numel) * _TINY <= norm <= _HUGE
 
 
 def exact_in_float32(norm: float, numel: int) -> bool:
-    """Whether a float32 norm of ``numel`` elements equals the float64 one to float32 rounding
-    (a NaN norm is NaN in float64 too: some element is NaN)."""
-    return norm != norm or math.sqrt(numel) * _TINY <= norm <= _HUGE
+    """Whether a float32 norm of ``numel`` elements equals the float64 one to float32
+    rounding."""
+    return numel <= _LONGEST and in_float32_range(norm, numel)
 
 
 class NormBuffer(StatBuffer):
@@ -100,8 +111,10 @@ class NormBuffer(StatBuffer):
         numel = sum(p.numel() for p in self.params)
         dtype = functools.reduce(torch.promote_types, (p.dtype for p in self.params),
                                  torch.float32 if not self.params else self.params[0].dtype)
-        self.copies = (torch.empty(numel, dtype=dtype, device=device),
-                       torch.empty(numel, dtype=dtype, device=device))
+        # Both copies in one [2, rows, _ROW] tensor, zero-padded: one reduction by rows
+        # measures both (see _ROW).
+        self.pair = torch.zeros(2, max(1, -(-numel // _ROW)), _ROW, dtype=dtype, device=device)
+        self.copies = (self.pair[0].view(-1)[:numel], self.pair[1].view(-1)[:numel])
         self.current = 0  # which copy holds the weights as they are now
         # The gradient norm of a parameter the step did not reach (as if it were left out
         # of the sums).
@@ -120,6 +133,19 @@ class NormBuffer(StatBuffer):
             if not exact_in_float32(value, tensors[i].numel()):
                 values[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64).item()
         return list(values)
+
+    def _copy_norms(self) -> list[Norm]:
+        """The norms of the two flat copies (on a CPU by rows, summed in float64)."""
+        if not self.on_host:
+            return list(torch._foreach_norm(list(self.copies), 2, dtype=torch.float64))
+        by_rows = torch.linalg.vector_norm(self.pair, dim=2).tolist()
+        norms: list[Norm] = []
+        for copy, rows in zip(self.copies, by_rows, strict=True):
+            norm = math.sqrt(sum(row * row for row in rows))
+            if not in_float32_range(norm, copy.numel()):
+                norm = torch.linalg.vector_norm(copy, dtype=torch.float64).item()
+            norms.append(norm)
+        return norms
 
     def total(self, norms: Sequence[Norm]) -> Norm:
         """The norm of all the tensors that ``norms`` are the norms of."""
@@ -144,9 +170,8 @@ class NormBuffer(StatBuffer):
         ratio divides by their norm. Call after the weights were set other than by a step
         (restored, copied in): else the next update would count that change too."""
         with torch.no_grad():
-            weights = self.copies[self.current]
-            torch.cat(self._flat(), out=weights)
-            self.weight_norm = self.norms([weights])[0]
+            torch.cat(self._flat(), out=self.copies[self.current])
+            self.weight_norm = self._copy_norms()[self.current]
 
     def _with_zeros(self, grads: list[torch.Tensor | None], norms: list[Norm]) -> list[Norm]:
         """``norms`` of the gradients that are there, with 0 for those that are not."""
@@ -177,11 +202,12 @@ class NormBuffer(StatBuffer):
 
     def record(self, step: int, grad_norms: Sequence[Norm], loss: torch.Tensor) -> None:
         """After the update: its norm, the new weights' norm and the step's row."""
-        before, after = self.copies[self.current], self.copies[1 - self.current]
-        torch.cat(self._flat(), out=after)
-        self.current = 1 - self.current
-        update = before.sub_(after)  # before - after: the update, negated
-        update_norm, weight_norm = self.norms([update, after])
+        old, new = self.current, 1 - self.current
+        torch.cat(self._flat(), out=self.copies[new])
+        self.current = new
+        self.copies[old].sub_(self.copies[new])  # before - after: the update, negated
+        norms = self._copy_norms()
+        update_norm, weight_norm = norms[old], norms[new]
         if self.host_raw is not None:
             self.host_raw[step] = [*grad_norms, update_norm, weight_norm, self.weight_norm,
                                    loss.item()]
