@@ -6,8 +6,8 @@ kept to a handful of fused ops (no per-step allocation beyond what the ops retur
 * before the update, the norm of every parameter's gradient (one ``torch._foreach_norm``);
 * after it, a flat copy of the new weights (one ``torch.cat``) into one of two flat buffers
   allocated once, the other holding the copy taken after the step before; the update as
-  their difference (in place, over that older copy) and the norms of both (one
-  ``torch._foreach_norm``), written with the loss into the step's row of a raw float64
+  their difference (in place, over that older copy) and the norms of both (one reduction
+  over the two buffers, by rows), written with the loss into the step's row of a raw float64
   ``[steps, n_params + 4]`` buffer (:data:`RAW_PARTS`). On a CPU every op costs microseconds
   of dispatch however small its tensors, so whole-model ops on the flat buffers beat one op
   per parameter.
@@ -17,8 +17,9 @@ reach the raw buffer as Python floats (``.item()``: CPU tensors are in host memo
 waits for nothing, and the row is written through a NumPy view, without a ``torch.stack``).
 Each is checked on the way: a float32 sum of squares equals the float64 one to float32
 rounding unless it overflows (elements past ~1e19, which would report a finite, exploding
-gradient as infinite) or loses digits to subnormal squares (elements below ~1e-19), and a norm
-outside those bounds (:func:`exact_in_float32`) is taken again in float64. Float32 norms cost
+gradient as infinite), loses digits to subnormal squares (elements below ~1e-19) or runs over
+too many elements (see ``_LONGEST``), and a norm outside those bounds
+(:func:`exact_in_float32`) is taken again in float64. Float32 norms cost
 a fraction of float64 ones, which convert their input to float64 first. On another device a
 host read would wait for the device, so there the norms are float64 tensors, stacked into the
 row on the device. Gradients that are clipped are measured in float64 everywhere
