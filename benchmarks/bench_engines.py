@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_engines            # full run (a few minutes on 2 CPU cores)
     python -m benchmarks.bench_engines --quick    # smoke run: tiny grid, one repeat
+    python -m benchmarks.bench_engines --per-step --cpu-time --threads 1   # per-step table only
 
 For every grid it times
 
@@ -203,15 +204,45 @@ def _bare_step(problem: Problem, lr: float, data: Any, order: torch.Tensor
     return step
 
 
-def step_overhead(grid: Grid, workdir: Path, steps: int, chunk: int) -> list[str]:
+def _flushing(probe: SequentialProbe) -> Callable[[int], None]:
+    """The probe's step, and its buffer's flush every ``flush_every`` steps as the engine's."""
+    def step(t: int) -> None:
+        probe.step(t)
+        if (t + 1) % probe.settings.flush_every == 0:
+            probe.buffer.flush(t + 1)
+    return step
+
+
+def _take_turns(variants: dict[str, Callable[[int], None]], steps: int, chunk: int,
+                clock: Callable[[], float], device: torch.device) -> dict[str, list[float]]:
+    """Per-step times of each variant's chunks, the variants taking turns ``chunk`` steps at
+    a time (round 0 warms up)."""
+    per_step: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(steps // chunk):
+        for name, fn in variants.items():
+            start = clock()
+            for t in range(r * chunk, (r + 1) * chunk):
+                fn(t)
+            _sync(device)
+            if r:
+                per_step[name].append((clock() - start) / chunk)
+    return per_step
+
+
+def step_overhead(grid: Grid, workdir: Path, steps: int, chunk: int,
+                  clock: Callable[[], float] = time.perf_counter) -> list[str]:
     """Per-step cost of the instruments: instrumented vs bare step, for both engines.
 
-    Sequential: :class:`SequentialProbe` ``.step`` against the bare user step (forward, loss,
+    Sequential: :class:`SequentialProbe` ``.step`` (and its buffer's flush every
+    ``flush_every`` steps, as the engine flushes) against the bare user step (forward, loss,
     backward, ``optimizer.step``) of the same model. Vectorized: the engine's step against
     the same stacked step with nothing measured (``step_uninstrumented``). Setup is excluded.
-    The four variants take turns, ``chunk`` steps at a time, over ``steps`` steps. Each
-    variant's step time is the best chunk (the least disturbed by other work on a shared
-    machine, as ``timeit`` advises) and, in brackets, the median chunk.
+    Each engine's two variants take turns (a pair on its own, so that one engine's steps do
+    not evict the other's from the caches), ``chunk`` steps at a time, over ``steps`` steps,
+    timed by ``clock`` (``time.thread_time`` counts only this thread's CPU time: on a machine
+    other work keeps busy, wall-clock chunks mostly measure waiting for a core). Each step
+    time is the best chunk (the least disturbed by other work on a shared machine, as
+    ``timeit`` advises) and, in brackets, the median chunk.
     """
     problem, config = load_problem(grid, workdir)
     data = problem.data.to(problem.device)
@@ -223,18 +254,10 @@ def step_overhead(grid: Grid, workdir: Path, steps: int, chunk: int) -> list[str
         bare_seq = _bare_step(problem, spec.lr, data, seq.order)
         vec = CohortRun(problem, cohort.probes, settings, data)
         bare_vec = CohortRun(problem, cohort.probes, settings, data)
-        variants: dict[str, Callable[[int], None]] = {
-            "bare": bare_seq, "seq": seq.step,
-            "vbare": bare_vec.step_uninstrumented, "vec": vec.step}
-        per_step: dict[str, list[float]] = {k: [] for k in variants}
-        for r in range(steps // chunk):  # round 0 warms up
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                for t in range(r * chunk, (r + 1) * chunk):
-                    fn(t)
-                _sync(problem.device)
-                if r:
-                    per_step[name].append((time.perf_counter() - start) / chunk)
+        per_step = _take_turns({"bare": bare_seq, "seq": _flushing(seq)}, steps, chunk,
+                               clock, problem.device)
+        per_step |= _take_turns({"vbare": bare_vec.step_uninstrumented, "vec": vec.step},
+                                steps, chunk, clock, problem.device)
         best = {k: min(v) * 1e6 for k, v in per_step.items()}
         med = {k: statistics.median(v) * 1e6 for k, v in per_step.items()}
 
@@ -258,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="run only grids whose name contains this")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for every variant (default: torch's)")
+    parser.add_argument("--per-step", action="store_true",
+                        help="only the per-step overhead table, not the whole grids")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="per-step table: time this thread's CPU time, not wall clock")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="per-step table: steps per variant (default 400)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -268,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'vgrad':>9} {'a/c':>6} {'a/vgrad':>7} {'a/b':>6} {'overhead':>9}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for grid in grids(args.quick, args.device):
+        for grid in [] if args.per_step else grids(args.quick, args.device):
             if args.only and args.only not in grid.name:
                 continue
             t = bench(grid, repeats, Path(tmp))
@@ -279,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{t['plain'] / t['sequential']:>5.2f}x "
                 f"{(t['sequential'] - t['plain']) / t['plain']:>+8.1%}")
             print(rows[-1] if len(rows) > 1 else header + "\n" + rows[-1], flush=True)
-    print(f"medians of {repeats} interleaved rounds · {_load()}")
-    print()
+    if rows:
+        print(f"medians of {repeats} interleaved rounds · {_load()}")
+        print()
     print("per-step instrumentation overhead (setup excluded; a vectorized step trains the "
           "whole cohort)")
     print(f"{'grid':<30} {'members':>7} {'bare':>9} {'seq':>9} {'overhead (median)':>17} "
@@ -289,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         for grid in grids(args.quick, args.device):
             if args.only and args.only not in grid.name:
                 continue
-            steps, chunk = (8, 2) if args.quick else (400, 10)
-            for line in step_overhead(grid, Path(tmp), steps, chunk):
+            steps, chunk = (8, 2) if args.quick else (args.steps or 400, 10)
+            clock = time.thread_time if args.cpu_time else time.perf_counter
+            for line in step_overhead(grid, Path(tmp), steps, chunk, clock):
                 print(line, flush=True)
-    print(f"best chunk of {chunk} steps (median chunk) · {_load()}")
+    print(f"best chunk of {chunk} steps (median chunk), "
+          f"{'thread CPU time' if args.cpu_time else 'wall clock'} · {_load()}")
     return 0
 
 

@@ -14,3 +14,11 @@ def test_quick_benchmark_prints_both_tables(capsys: pytest.CaptureFixture[str]) 
     rows = [line for line in out.splitlines() if line.startswith("quickstart (quick)")]
     assert len(rows) == 2  # one grid row, one per-step overhead row
     assert rows[0].split()[2] == "2"  # probes column: 2 lrs x 1 seed x 1 batch size
+
+
+def test_per_step_table_alone_in_thread_cpu_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_engines.main(["--quick", "--per-step", "--cpu-time", "--threads", "1",
+                               "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "plain(a)" not in out and "thread CPU time" in out
+    assert len([line for line in out.splitlines() if line.startswith("quickstart (quick)")]) == 1

@@ -36,6 +36,7 @@ from stabcheck.engine.instruments import NonFinite, first_nonfinite, to_jsonable
 from stabcheck.engine.loop import Schedule, finish_record
 from stabcheck.engine.nanlocate import LOSS, _finite, _first_nonfinite_parameter, _name_of
 from stabcheck.engine.sequential import SequentialProbe, autocast
+from stabcheck.engine.stepstats import Norm
 from stabcheck.plan import Cohort, ProbeSpec
 from stabcheck.problem import Problem, TensorData
 from stabcheck.records import ProbeRecord
@@ -64,14 +65,14 @@ class CustomStepProbe(SequentialProbe):
         index = {id(p): i for i, p in enumerate(self.params)}
         self.owned = {name: [index[id(p)] for p in opt.param_groups[0]["params"]
                              if id(p) in index] for name, opt in self.optimizers.items()}
-        # Per optimizer, the gradient norm its step saw (float64, as clipping compares it).
+        # Per optimizer, the gradient norm its step saw (as clipping compared it with grad_clip).
         self.opt_norms = torch.full((settings.steps, len(self.optimizers)), float("nan"),
                                     dtype=torch.float64, device=self.device)
         self.buffer.clip_norms = self.opt_norms  # each optimizer clips by its own norm
         self.buffer.loss_scaling = False  # the user's step does its own, if any
         self.named_losses: dict[str, torch.Tensor] = {}
         self._t, self._stepped = 0, False
-        self._grad_norms: list[torch.Tensor] = []
+        self._grad_norms: list[Norm] = []
         for k, (name, opt) in enumerate(self.optimizers.items()):
             opt.register_step_pre_hook(self._pre_hook(name, k))
 
@@ -82,13 +83,15 @@ class CustomStepProbe(SequentialProbe):
                 return
             with torch.no_grad():
                 params = [self.params[i] for i in owners]
-                norms = self.buffer.grad_norms(params)
+                clip = self.settings.grad_clip
+                if clip is None:
+                    norms = self.buffer.grad_norms(params)
+                    total = self.buffer.total(norms)
+                else:
+                    norms, total = self.buffer.clip_grads(clip, params)
                 for i, norm_i in zip(owners, norms, strict=True):
                     self._grad_norms[i] = norm_i
-                norm = torch.linalg.vector_norm(torch.stack(norms))
-                self.opt_norms[self._t, k] = norm
-                if self.settings.grad_clip is not None:
-                    torch.nn.utils.clip_grads_with_norm_(params, self.settings.grad_clip, norm)
+                self.opt_norms[self._t, k] = total
             self._stepped = True
         return hook
 
@@ -107,9 +110,7 @@ class CustomStepProbe(SequentialProbe):
         # What the optimizer hooks measure this step; a parameter no optimizer stepped
         # counts 0 in the gradient norms.
         self._t, self._stepped = t, False
-        self._grad_norms = [self.buffer.no_grad] * len(self.params)
-        with torch.no_grad():
-            self.buffer.keep_weights()
+        self._grad_norms = [self.buffer.zero_norm] * len(self.params)
         losses = self.run_user_step(t)
         if not self._stepped:
             raise StepReturnError("the training step never called optimizer.step() on any of "

@@ -2,8 +2,9 @@
 
 This is the engine every other one is checked against, so it is written to be read: one
 step (:meth:`SequentialProbe.step`) reads top to bottom like nanoGPT's loop, phase by phase,
-and writes what it measured into the on-device statistics buffer — a few fused norms per
-step, no ``.item()``, no host sync; the columns are derived from them at each flush
+and writes what it measured into the statistics buffer — a few fused norms per step, with
+no host sync (on a CPU they are read where they lie, in host memory; on another device they
+stay there); the columns are derived from them at each flush
 (:mod:`stabcheck.engine.stepstats`). The loop around it (:func:`run_probe`) follows the one
 schedule every engine asks (:class:`~stabcheck.engine.loop.Schedule`): every ``flush_every``
 steps the buffer is copied to the host and checked for non-finite values; a probe that went
@@ -98,18 +99,12 @@ class SequentialProbe:
 
         with torch.no_grad():
             # Gradient norms per parameter, before clipping changes them (global and
-            # per-layer norms are summed from these at flush time).
-            grad_norms = self.buffer.grad_norms()
-
-            # Clip as torch.nn.utils.clip_grad_norm_ does (it computes the same total norm):
-            # scale by clip / (norm + eps) when that is below 1.
-            if self.settings.grad_clip is not None:
-                total = torch.linalg.vector_norm(torch.stack(grad_norms))
-                torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.grad_clip,
-                                                     total)
-
-            # Keep the weights, to measure how far the update moves them.
-            self.buffer.keep_weights()
+            # per-layer norms are summed from these at flush time); with clipping, taken in
+            # float64 and the gradients scaled as torch.nn.utils.clip_grad_norm_ does.
+            if self.settings.grad_clip is None:
+                grad_norms = self.buffer.grad_norms()
+            else:
+                grad_norms, _ = self.buffer.clip_grads(self.settings.grad_clip)
 
         # Update; with fp16, GradScaler skips the step when the gradients overflowed (and
         # lowers its scale), which is loss scaling at work, not divergence.
@@ -117,8 +112,9 @@ class SequentialProbe:
         self.scaler.update()
 
         with torch.no_grad():
-            # The update's norm, the new weights' norm and the loss into the step's row of
-            # the on-device buffer; the columns are derived from it at the next flush.
+            # The update's norm (the weights against their copy after the step before), the
+            # new weights' norm and the loss into the step's row of the statistics buffer;
+            # the columns are derived from it at the next flush.
             self.buffer.record(t, grad_norms, loss)
 
     def snapshot(self, step: int) -> dict[str, Any]:

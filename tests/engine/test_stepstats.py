@@ -18,8 +18,9 @@ import torch
 from stabcheck.config import load_config
 from stabcheck.engine import EngineSettings
 from stabcheck.engine.custom import CustomStepProbe
-from stabcheck.engine.instruments import CLIP_EPS, STAT_COLUMNS
+from stabcheck.engine.instruments import CLIP_EPS, STAT_COLUMNS, LayerMap
 from stabcheck.engine.sequential import SequentialProbe
+from stabcheck.engine.stepstats import NormBuffer, exact_in_float32, in_float32_range
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import build_problem
 from tests.engine.test_custom_step import PLAIN_STEP
@@ -140,14 +141,25 @@ def _probe(write_config, write_module, updates: dict[str, Any], lr: float = 0.05
     return cls(problem, spec, settings, problem.data.to(problem.device))
 
 
+def _norms_on_device(probe: SequentialProbe) -> None:
+    """The probe's buffer as a CUDA device's: float64 norms stacked on the device, no host
+    reads (run here on the CPU)."""
+    probe.buffer = NormBuffer(probe.params, probe.layers, STEPS, probe.device,
+                              probe.settings.grad_clip, probe.scaler.is_enabled(), on_host=False)
+    probe.buffer.fill("lr", torch.tensor(probe.lrs))
+
+
+@pytest.mark.parametrize("on_host", [True, False], ids=["norms on the host", "on the device"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_flushed_statistics_equal_the_per_step_formulas(case, write_config,
+def test_flushed_statistics_equal_the_per_step_formulas(case, on_host, write_config,
                                                         write_module) -> None:
     try:
         probe = _probe(write_config, write_module, CASES[case])
         reference = _probe(write_config, write_module, CASES[case])
     except Exception as exc:  # e.g. a builtin's keyword renamed
         raise AssertionError(f"{case}: could not build the probe: {exc}") from exc
+    if not on_host:
+        _norms_on_device(probe)
     for t in range(STEPS):
         probe.step(t)
         if t in (4, 9):  # flushes in chunks, as the schedule does
@@ -180,12 +192,17 @@ def test_a_restored_snapshot_measures_the_next_update_against_its_own_weights(
                 reference_run(reference, STEPS), probe.layers.names)
 
 
+@pytest.mark.parametrize("on_host", [True, False], ids=["norms on the host", "on the device"])
 @pytest.mark.parametrize("clip", [None, 0.05])
-def test_a_custom_step_measures_what_the_reference_step_does(clip, write_config,
+def test_a_custom_step_measures_what_the_reference_step_does(clip, on_host, write_config,
                                                              write_module) -> None:
     write_module("step.py", PLAIN_STEP)
     updates = {"step": "./step.py:train_step", "probe": {"grad_clip": clip}}
     probe = _probe(write_config, write_module, updates, cls=CustomStepProbe)
+    if not on_host:
+        assert isinstance(probe, CustomStepProbe)
+        _norms_on_device(probe)
+        probe.buffer.clip_norms, probe.buffer.loss_scaling = probe.opt_norms, False
     reference = _probe(write_config, write_module, {"probe": {"grad_clip": clip}})
     for t in range(STEPS):
         probe.step(t)
@@ -235,6 +252,71 @@ def test_weights_that_are_not_flat_views_are_measured_as_the_reference_measures_
     # weights now in place, not of the replaced ones.
     probe.step(6)
     probe.buffer.flush(7)
-    new_norm = _norm64(probe.params)
+    with torch.no_grad():
+        new_norm = _norm64(probe.params)
     np.testing.assert_allclose(probe.buffer.host_stats[6, STAT_COLUMNS.index("param_norm")],
                                float(new_norm), rtol=2e-5)
+
+
+SCALED = """
+from torch import nn
+
+SCALE = {scale!r}
+
+class Scaled(nn.Module):
+    '''An MLP whose logits are scaled: its gradients are SCALE times an MLP's.'''
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    def forward(self, x):
+        return self.body(x) * SCALE
+
+def build():
+    return Scaled()
+"""
+
+
+@pytest.mark.parametrize(("scale", "lr"), [(1e22, 1e-40), (1e-24, 0.05)],
+                         ids=["float32 sum of squares overflows", "squares are subnormal"])
+def test_norms_past_float32s_sum_of_squares_equal_the_float64_ones(scale, lr, write_config,
+                                                                   write_module) -> None:
+    # Gradients of ~1e21 are finite, but their float32 sum of squares is not; those of
+    # ~1e-25 square to 0 in float32. Either way a float32 norm would be wrong (inf, 0), and
+    # the engine must take it again in float64.
+    write_module("scaled.py", SCALED.format(scale=scale))
+    updates = {"model": {"builtin": None, "factory": "./scaled.py:build", "kwargs": {}}}
+    probe = _probe(write_config, write_module, updates, lr=lr)
+    reference = _probe(write_config, write_module, updates, lr=lr)
+    probe.step(0)
+    grads = [p.grad for p in probe.params]
+    plain = [float(torch.linalg.vector_norm(g)) for g in grads]
+    exact = [float(torch.linalg.vector_norm(g, dtype=torch.float64)) for g in grads]
+    assert any(a != pytest.approx(b, rel=1e-3, abs=0) for a, b in zip(plain, exact, strict=True))
+    for t in range(1, STEPS):
+        probe.step(t)
+    probe.buffer.flush(STEPS)
+    stats = probe.buffer.host_stats
+    assert np.isfinite(stats).all() and (stats[:, STAT_COLUMNS.index("grad_norm")] > 0).all()
+    assert_same(stats, probe.buffer.host_layers, reference_run(reference, STEPS),
+                probe.layers.names)
+
+
+def test_which_float32_norms_are_taken_again_in_float64() -> None:
+    assert exact_in_float32(1.0, 10**4) and exact_in_float32(2.0 ** 50, 1)
+    assert not exact_in_float32(float("inf"), 1)  # an overflow, or an infinite element
+    assert not exact_in_float32(2.0 ** 51, 1)  # a sum of such squares could overflow
+    assert not exact_in_float32(0.0, 4)  # all zero, or every square subnormal
+    assert in_float32_range(1e-16, 100) and not in_float32_range(1e-16, 10**12)
+    assert exact_in_float32(float("nan"), 4)  # NaN either way: some element is NaN
+    assert not exact_in_float32(1.0, 10**6)  # a run that long adds up rounding errors
+
+
+def test_long_weight_vectors_are_measured_to_float32_rounding() -> None:
+    # float32 norms of 10^6 elements drift from the float64 ones (here by ~1e-5); the flat
+    # weight buffers are reduced by rows and summed in float64 instead.
+    weight = torch.nn.Parameter(torch.linspace(0.1, 1.0, 10**6))
+    buffer = NormBuffer([weight], LayerMap.from_names(["w.weight"]), 2, torch.device("cpu"),
+                        None, False)
+    exact = float(torch.linalg.vector_norm(weight.detach(), dtype=torch.float64))
+    assert abs(float(torch.linalg.vector_norm(weight.detach())) - exact) > 1e-6 * exact
+    assert buffer.weight_norm == pytest.approx(exact, rel=1e-7)
