@@ -3,10 +3,10 @@
 The loop follows the same schedule as the sequential engine
 (:class:`~stabcheck.engine.loop.Schedule`); at a flush, a member with a non-finite statistic
 is dropped from the stack (it is not stepped again) and its steps since the previous flush
-are replayed from a snapshot by the sequential engine (:mod:`.replay`), whose float64
-statistics decide the first non-finite step exactly as a sequential run would. A cohort that
-fails part-way is re-run sequentially (its unfinished probes only); one that runs out of
-memory is halved and retried.
+are replayed from a snapshot by the sequential engine (:mod:`.replay`), whose statistics
+(float64, or float32 where that is exact) decide the first non-finite step exactly as a
+sequential run would. A cohort that fails part-way is re-run sequentially (its unfinished
+probes only); one that runs out of memory is halved and retried.
 """
 
 from __future__ import annotations
@@ -238,8 +238,9 @@ def _run_stacked(problem: Problem, probes: list[ProbeSpec], settings: EngineSett
                 else:
                     keep.append(pos)
                 continue
-            # Replay this member from the last flush with the sequential engine: its float64
-            # statistics decide whether and where it went non-finite, and name the module.
+            # Replay this member from the last flush with the sequential engine: its statistics
+            # (float64 where float32 is not exact) decide whether and where it went
+            # non-finite, and name the module.
             probe = run.sequential_probe(snap, member)
             head = (run.buffer.host_stats[member], run.buffer.host_layers[member])
             if curvature is not None:

@@ -68,9 +68,10 @@ def finish_sequentially(probe: SequentialProbe, record: ProbeRecord, head: tuple
 
     ``probe`` holds the member's state at step ``start`` (the last flush) and ``head`` its
     vectorized statistics before that. Steps ``start…`` are replayed with the sequential
-    engine's float64 statistics; the first non-finite one ends the probe and is localised,
-    as in :func:`~stabcheck.engine.sequential.run_probe`. If there is none (a float32
-    overflow of a finite, exploding norm), the probe goes on sequentially to the end.
+    engine's statistics (float64, or float32 where that is exact); the first non-finite one
+    ends the probe and is localised, as in :func:`~stabcheck.engine.sequential.run_probe`.
+    If there is none (a float32 overflow of a finite, exploding norm), the probe goes on
+    sequentially to the end.
     """
     settings = schedule.settings
     snap = probe.snapshot(start)
