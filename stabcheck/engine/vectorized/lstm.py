@@ -13,7 +13,7 @@ backward pass one ``bmm`` per step for the hidden state's gradient and one for e
 gradient over all time steps at once. The equations are torch's (gate order i, f, g, o).
 
 Double backward (a gradient taken with ``create_graph=True``, as ``torch.func.grad`` does)
-recomputes the layer through :mod:`.rnn`'s differentiable recurrence, so that higher
+recomputes the layer through :mod:`.recurrence`'s differentiable loop, so that higher
 derivatives are exact; the stacked engine's own step never needs them.
 """
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from stabcheck.engine.vectorized import recurrence
 
 Tensor = torch.Tensor
 
@@ -121,13 +123,11 @@ def _exact_double_backward(inputs: tuple[Any, ...], grads: tuple[Tensor | None, 
 
 def _reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                bias: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """The same layer through :mod:`.rnn`'s differentiable recurrence, member by member."""
-    from stabcheck.engine.vectorized import rnn  # (rnn imports this module)
-
+    """The same layer through :mod:`.recurrence`'s differentiable loop, member by member."""
     def one(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
             *bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out, h, c = rnn.direction("LSTM", x, h0, c0, (w_ih, w_hh, bias[0] if bias else None,
-                                                      None), reverse, fused=False)
+        out, h, c = recurrence.sequence("LSTM", x, h0, c0,
+                                        (w_ih, w_hh, bias[0] if bias else None, None), reverse)
         assert c is not None
         return out, h, c
     result: tuple[Tensor, Tensor, Tensor] = torch.func.vmap(one)(

@@ -16,15 +16,15 @@ given or zero initial states, dropout between layers in training mode (per membe
 sequentially): an LSTM with ``proj_size > 0``, a subclass with its own ``forward``; a
 ``PackedSequence`` input fails the trial step, with that reason.
 
-Speed: the LSTM, the costly one, runs each layer as one autograd Function over all members
-with its backpropagation through time written out (:mod:`.lstm`); the GRU and RNN run the
-step-by-step recurrence here, a handful of ``vmap``-ed operations per time step. Torch's own
-LSTM on CPU is one fused oneDNN kernel per layer (its GRU and RNN are not: they run step by
-step too, and the stacked recurrence beat them at every size measured). :func:`slower_reason`
-holds the measured break-even (``python -m benchmarks.bench_corpus_engines --breakeven``,
-hidden 32, batch 16, one thread, 2-core CPU): the stacked LSTM wins from about one member per
-four time steps (4 members at 16 steps, 6-8 at 32, 12-16 at 64), so a cohort with fewer runs
-sequentially.
+Speed: the LSTM, the costly one, runs each layer as one autograd Function over all members with
+its backpropagation through time written out (:mod:`.lstm`); the GRU and RNN run the
+step-by-step recurrence (:mod:`.recurrence`), a handful of ``vmap``-ed operations per time
+step. Torch's own LSTM on CPU is one fused oneDNN kernel per layer (its GRU and RNN are not:
+they run step by step too, and the stacked recurrence beat them at every size measured).
+:func:`slower_reason` holds the measured break-even (``python -m
+benchmarks.bench_corpus_engines --breakeven``, hidden 32, batch 16, one thread, 2-core CPU):
+the stacked LSTM wins from about one member per four time steps (4 members at 16 steps, 6-8 at
+32, 12-16 at 64), so a cohort with fewer runs sequentially.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from stabcheck.engine.vectorized import recurrence
 from stabcheck.engine.vectorized.lstm import lstm_layer
 from stabcheck.plan import ProbeSpec
 from stabcheck.problem import Problem, TensorData
@@ -128,31 +129,6 @@ def substitute(model: nn.Module) -> int:
     return count
 
 
-# ---- one time step --------------------------------------------------------------------
-
-def _lstm_step(gi: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor | None
-               ) -> tuple[Tensor, Tensor]:
-    """``gi`` is ``W_ii x + b_ii`` (all four gates); returns ``h', c'``."""
-    i, f, g, o = (gi + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def _gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
-    """``r, z, n`` with ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``."""
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)
-    return (1 - z) * n + z * h
-
-
-def _rnn_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, relu: bool) -> Tensor:
-    pre = gi + F.linear(h, w_hh, b_hh)
-    return torch.relu(pre) if relu else torch.tanh(pre)
-
-
 # ---- whole sequences ------------------------------------------------------------------
 
 def _weights(module: nn.Module, suffix: str) -> tuple[Tensor, Tensor, Tensor | None,
@@ -174,26 +150,13 @@ def _fused_lstm(x: Tensor, weights: tuple[Tensor, Tensor, Tensor | None, Tensor 
 
 def direction(mode: str, x: Tensor, h: Tensor, c: Tensor | None,
               weights: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
-              reverse: bool, fused: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+              reverse: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer, one direction over ``x`` ``[L, N, H_in]``: outputs ``[L, N, H]``, ``h_n``,
-    ``c_n``. An LSTM goes through :func:`.lstm.lstm_layer` where ``fused`` and it can."""
-    if mode == "LSTM" and fused and c is not None and _fused_lstm(x, weights):
+    ``c_n``. An LSTM goes through :func:`.lstm.lstm_layer` where it can, the rest through
+    :func:`.recurrence.sequence`."""
+    if mode == "LSTM" and c is not None and _fused_lstm(x, weights):
         return lstm_layer(x, h, c, weights, reverse)
-    w_ih, w_hh, b_ih, b_hh = weights
-    # The input projections of every time step at once, then unbound: indexing each step
-    # (``gi[t]``) would cost a zero-filled gradient of the whole tensor per step in backward.
-    gis = F.linear(x, w_ih, b_ih).unbind(0)
-    outs: list[Tensor] = [h] * x.shape[0]
-    for t in (range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])):
-        if mode == "LSTM":
-            assert c is not None
-            h, c = _lstm_step(gis[t], h, c, w_hh, b_hh)
-        elif mode == "GRU":
-            h = _gru_step(gis[t], h, w_hh, b_hh)
-        else:
-            h = _rnn_step(gis[t], h, w_hh, b_hh, relu=mode == "RNN_RELU")
-        outs[t] = h
-    return torch.stack(outs), h, c
+    return recurrence.sequence(mode, x, h, c, weights, reverse)
 
 
 def _sequence_forward(module: nn.RNNBase, input: Any, hx: Any = None) -> tuple[Tensor, Any]:
@@ -262,11 +225,11 @@ def _cell_forward(module: nn.RNNCellBase, input: Tensor, hx: Any = None) -> Any:
     gi = F.linear(x, w_ih, b_ih)
     if lstm:
         assert c is not None
-        h, c = _lstm_step(gi, h, c, w_hh, b_hh)
+        h, c = recurrence.lstm_step(gi, h, c, w_hh, b_hh)
     elif isinstance(module, nn.GRUCell):
-        h = _gru_step(gi, h, w_hh, b_hh)
+        h = recurrence.gru_step(gi, h, w_hh, b_hh)
     else:
-        h = _rnn_step(gi, h, w_hh, b_hh, relu=module.nonlinearity == "relu")
+        h = recurrence.rnn_step(gi, h, w_hh, b_hh, relu=module.nonlinearity == "relu")
     if not batched:
         h = h.squeeze(0)
         c = c.squeeze(0) if c is not None else None
