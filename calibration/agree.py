@@ -8,12 +8,11 @@ the same machine, so that what differs is the engine and nothing else.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calibration.corpus import audit, name
+from calibration.corpus import audit, loss_diffs, name
 
 
 @dataclass
@@ -38,18 +37,6 @@ def _point(record: Any) -> tuple[float, int, int]:
     return (record.lr, record.seed, record.batch_size)
 
 
-def _losses(record: Any) -> list[float]:
-    return [math.nan if v is None else float(v) for v in record.trace.get("loss", [])]
-
-
-def _trace_diff(a: list[float], b: list[float]) -> float:
-    worst = 0.0
-    for x, y in zip(a, b, strict=False):
-        if math.isfinite(x) and math.isfinite(y):
-            worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
-    return worst
-
-
 def compare(path: Path, engine: str = "auto", rerun: bool = False,
             out: Path | None = None) -> Agreement:
     """Audit ``path`` with the sequential engine and with ``engine`` (each once, into its own
@@ -67,7 +54,8 @@ def compare(path: Path, engine: str = "auto", rerun: bool = False,
                               f"{q.status if q else 'missing'}")
             continue
         row.engines[q.record.engine] = row.engines.get(q.record.engine, 0) + 1
-        row.trace = max(row.trace, _trace_diff(_losses(p.record), _losses(q.record)))
+        row.trace = max([row.trace, *loss_diffs(p.record.series("loss"),
+                                                 q.record.series("loss"))])
     return row
 
 

@@ -201,10 +201,7 @@ def score(path: Path, refresh: bool = False, rerun: bool = False,
             if "sequential engine" in note:  # a fallback, a failure, a runaway re-run, a replay
                 why = note[:110]
                 s.fallbacks[why] = s.fallbacks.get(why, 0) + 1
-        mine = p.record.series("loss")
-        mine_diffs = [abs(a - b) / max(abs(a), 1e-3)
-                      for a, b in zip(t["losses"], mine, strict=False)
-                      if a is not None and math.isfinite(b) and abs(a) > 0]
+        mine_diffs = loss_diffs(t["losses"], p.record.series("loss"))
         diffs += mine_diffs
         s.engine_trace[p.record.engine] = max([s.engine_trace.get(p.record.engine, 0.0),
                                                *mine_diffs])
@@ -219,6 +216,13 @@ def score(path: Path, refresh: bool = False, rerun: bool = False,
     summary = result.diagnosis.summary.to_json()
     s.reported = {k: summary.get(k) for k in ("max_stable_lr", "min_diverging_lr")}
     return s
+
+
+def loss_diffs(reference: Any, losses: Any) -> list[float]:
+    """Step by step, the relative difference of ``losses`` from ``reference`` (``None`` or
+    NaN where a step was not finite; such steps are left out): the ``trace`` column."""
+    return [abs(a - b) / max(abs(a), 1e-3) for a, b in zip(reference, losses, strict=False)
+            if a is not None and math.isfinite(a) and math.isfinite(b) and abs(a) > 0]
 
 
 def table(scores: list[ModelScore]) -> str:

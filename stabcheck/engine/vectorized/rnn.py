@@ -190,7 +190,7 @@ def _sequence_forward(module: nn.RNNBase, input: Any, hx: Any = None) -> tuple[T
             k = layer * dirs + d
             weights = _weights(module, f"_l{layer}{'_reverse' if d else ''}")
             out, h, c = direction(module.mode, layer_in, h0[k],
-                                   c0[k] if c0 is not None else None, weights, reverse=d == 1)
+                                  c0[k] if c0 is not None else None, weights, reverse=d == 1)
             outs.append(out)
             h_n.append(h)
             if c is not None:
